@@ -1,0 +1,49 @@
+"""One registry per kind of thing (methods, backbones, data sources).
+
+``register`` adds a named entry with a one-line help text; ``get`` looks it up and, for
+an unknown name, raises a :class:`SelfSupError` that lists the valid names.  The
+``selfsup list`` command is generated from these registries.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from selfsup.errors import SelfSupError
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind  # e.g. "method", used in error messages
+        self._entries: dict[str, tuple[Any, str]] = {}
+
+    def register(self, name: str, obj: Any = None, *, help: str = "") -> Callable:
+        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is None."""
+
+        def add(o: Any) -> Any:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            doc = help or (o.__doc__ or "").strip().split("\n")[0]
+            self._entries[name] = (o, doc)
+            return o
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise SelfSupError(
+                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+            )
+        return self._entries[name][0]
+
+    def help(self, name: str) -> str:
+        self.get(name)
+        return self._entries[name][1]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
