@@ -1,0 +1,26 @@
+"""selfsup: self-supervised representation learning -- pretrain, measure, use.
+
+The public API (imported lazily, so ``selfsup --help`` stays fast)::
+
+    selfsup.pretrain(method, data, **options) -> Run
+    selfsup.evaluate(encoder_or_path, data) -> dict
+    selfsup.embed(encoder_or_path, data, out_dir) -> paths
+    selfsup.load_encoder(path) -> nn.Module
+    selfsup.export_encoder(encoder, path)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_API = ("pretrain", "evaluate", "embed", "load_encoder", "export_encoder", "build_config", "Run")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from selfsup import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'selfsup' has no attribute {name!r}")
+
+
+__all__ = list(_API)

@@ -1,0 +1,238 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import selfsup
+    run = selfsup.pretrain("simclr", "shapes", epochs=5)
+    print(selfsup.evaluate(run.encoder, "shapes"))
+    enc = selfsup.load_encoder(run.run_dir)       # a plain nn.Module: [0,1] images -> (N, D)
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from selfsup import engine
+from selfsup.backbones import Encoder, create_backbone
+from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides
+from selfsup.data import Dataset, create_dataset
+from selfsup.errors import SelfSupError
+from selfsup.features import extract_features
+from selfsup.knn import knn_accuracy
+from selfsup.linear import linear_probe_accuracy
+from selfsup.methods import METHODS, Method, create_method
+
+# keyword shorthands accepted by pretrain(); every other option is a dotted override
+SHORTHANDS = {
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
+    "device": "train.device", "out_dir": "train.out_dir", "max_steps": "train.max_steps",
+    "progress": "train.progress", "lr": "optim.base_lr", "optimizer": "optim.name",
+    "image_size": "data.image_size", "num_train": "data.num_train", "backbone": "backbone",
+}
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) pretraining run."""
+    config: RunConfig
+    run_dir: Path
+    method: Method
+    dataset: Dataset
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.method.encoder
+
+
+def build_config(method: str = "simclr", *, preset: str | None = "cpu", config_file: str | None = None,
+                 overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
+    """Defaults, then the method's preset, then a YAML file, then overrides."""
+    cls = METHODS.get(method)
+    cfg = RunConfig(method=method)
+    if preset:
+        if preset not in cls.presets:
+            raise SelfSupError(f"method {method!r} has no preset {preset!r}; "
+                               f"valid: {', '.join(sorted(cls.presets))}")
+        apply_overrides(cfg, cls.presets[preset])
+    if config_file:
+        apply_overrides(cfg, load_yaml(config_file))
+    if overrides:
+        apply_overrides(cfg, overrides)
+    METHODS.get(cfg.method)  # a YAML file may name another method
+    return cfg
+
+
+def versions() -> dict[str, Any]:
+    import torchvision
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    from selfsup import __version__
+
+    info["selfsup"] = __version__
+    return info
+
+
+def load_data(cfg: RunConfig) -> Dataset:
+    d = cfg.data
+    ds = create_dataset(d.source, image_size=d.image_size, cache_dir=d.cache_dir, strict=d.strict,
+                        download=d.download, seed=0)
+    if d.num_train is not None:
+        ds.train = ds.train.subset(np.arange(min(d.num_train, len(ds.train))))
+    return ds
+
+
+def channel_stats(images: np.ndarray, max_images: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, H, W, C) uint8 images, in [0, 1] units."""
+    x = images[:max_images].astype(np.float32) / 255
+    return x.mean(axis=(0, 1, 2)).tolist(), np.maximum(x.std(axis=(0, 1, 2)), 1e-3).tolist()
+
+
+def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | None = "cpu",
+             config_file: str | None = None, overrides: dict[str, Any] | list[str] | None = None,
+             resume: bool = False, log: Callable[[str], None] = print, **shorthands: Any) -> Run:
+    """Pretrain an encoder without labels; returns the :class:`Run`.
+
+    ``shorthands`` are ``epochs, batch_size, lr, seed, device, out_dir, image_size,
+    num_train, backbone, optimizer, max_steps, progress``.  With ``resume=True`` the run
+    in ``out_dir`` continues from its checkpoint with its saved configuration (overrides
+    such as a larger ``epochs`` still apply).
+    """
+    extra: dict[str, Any] = {}
+    for k, v in shorthands.items():
+        if k not in SHORTHANDS:
+            raise SelfSupError(f"pretrain() got an unknown option {k!r}; valid: {', '.join(SHORTHANDS)}")
+        if v is not None:
+            extra[SHORTHANDS[k]] = v
+    if data is not None:
+        extra["data.source"] = data
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    extra.update(overrides or {})
+    if resume:
+        out = Path(extra.get("train.out_dir", RunConfig().train.out_dir))
+        cfg = apply_overrides(from_dict(engine.load_checkpoint(out)["config"]), extra)
+    else:
+        cfg = build_config(method, preset=preset, config_file=config_file, overrides=extra)
+
+    ds = load_data(cfg)
+    images = ds.train.images
+    mean, std = channel_stats(images)
+    torch.manual_seed(cfg.train.seed)  # weights are a function of the seed
+    encoder = create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size,
+                              mean=mean, std=std, **cfg.backbone_cfg)
+    m = create_method(cfg.method, encoder, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
+    run_dir = Path(cfg.train.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run_dir / "env.json").write_text(json.dumps(versions(), indent=2))
+    log(f"data {ds.name}: {len(images)} training images of {ds.image_size}px x {ds.channels} channels")
+    history = engine.train(m, images, cfg, run_dir, resume=resume, log=log)
+    export_encoder(m.encoder, run_dir / "encoder.pt")
+    return Run(cfg, run_dir, m, ds, history)
+
+
+def export_encoder(encoder: Encoder, path: str | Path) -> Path:
+    """Save the encoder alone (backbone name, builder arguments, weights, normalisation)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine.atomic_save({"format": "selfsup-encoder", "encoder": {"name": encoder.name, "kwargs": encoder.kwargs},
+                        "state_dict": encoder.state_dict()}, path)
+    return path
+
+
+def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
+    """Rebuild the encoder from a run folder, a checkpoint or an exported ``encoder.pt``.
+
+    Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) to (N, D).
+    """
+    p = Path(path)
+    if p.is_dir() and (p / "encoder.pt").is_file() and not (p / engine.CHECKPOINT).is_file():
+        p = p / "encoder.pt"
+    ckpt = engine.load_checkpoint(p)
+    spec = ckpt["encoder"]
+    if ckpt["format"] == "selfsup-encoder":
+        state = ckpt["state_dict"]
+    else:
+        state = {k[len("encoder."):]: v for k, v in ckpt["method_state"].items() if k.startswith("encoder.")}
+    kwargs = dict(spec["kwargs"])
+    in_chans, image_size = kwargs.pop("in_chans"), kwargs.pop("image_size")
+    enc = create_backbone(spec["name"], in_chans=in_chans, image_size=image_size, **kwargs)
+    enc.load_state_dict(state)
+    enc.eval()
+    return enc.to(engine.select_device(device or "auto"))
+
+
+def _as_encoder(encoder: Encoder | str | Path) -> Encoder:
+    return encoder if isinstance(encoder, torch.nn.Module) else load_encoder(encoder)
+
+
+def _dataset_for(encoder: Encoder, data: str | Dataset, **kw) -> Dataset:
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        ds = create_dataset(data, image_size=encoder.kwargs.get("image_size"), **kw)
+    want = encoder.kwargs.get("in_chans")
+    if want is not None and ds.channels != want:
+        raise SelfSupError(f"the encoder takes {want}-channel images but {ds.name} has {ds.channels}")
+    return ds
+
+
+def evaluate(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *, k: int = 20,
+             temperature: float = 0.07, linear: bool = True, out: str | Path | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """kNN and linear-probe accuracy of frozen features on a labelled source's test split."""
+    enc = _as_encoder(encoder)
+    ds = _dataset_for(enc, data)
+    if not ds.train.has_labels or ds.test is None or not ds.test.has_labels:
+        raise SelfSupError(f"{ds.name} needs labels and a test split to evaluate; use a labelled "
+                           "source (shapes, digits, a folder with train/ and test/ class sub-folders)")
+    ftr = extract_features(enc, ds.train.images, progress=progress)
+    fte = extract_features(enc, ds.test.images, progress=progress)
+    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+    c = len(ds.train.classes)
+    result: dict[str, Any] = {
+        "data": ds.name, "n_train": len(ftr), "n_test": len(fte), "feature_dim": int(ftr.shape[1]),
+        "knn_top1": knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=temperature, num_classes=c),
+        "knn_protocol": f"weighted kNN, cosine, k={k}, T={temperature}",
+    }
+    if linear:
+        result["linear_top1"] = linear_probe_accuracy(ftr, ytr, fte, yte, num_classes=c)
+        result["linear_protocol"] = "standardised features, L-BFGS logistic regression, L2 chosen on a train split"
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def embed(encoder: Encoder | str | Path, data: str | Dataset, out_dir: str | Path, *,
+          split: str = "train", progress: bool = True) -> dict[str, Path]:
+    """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table."""
+    enc = _as_encoder(encoder)
+    ds = _dataset_for(enc, data)
+    part = ds.train if split == "train" else ds.test
+    if part is None:
+        raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
+    feats = extract_features(enc, part.images, progress=progress).numpy()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"embeddings": out / "embeddings.npy", "labels": out / "labels.npy",
+             "ids": out / "ids.npy", "table": out / "embeddings.csv"}
+    np.save(paths["embeddings"], feats)
+    np.save(paths["labels"], part.labels)
+    np.save(paths["ids"], np.asarray(part.ids, dtype=str))
+    with paths["table"].open("w") as f:
+        f.write("id,label," + ",".join(f"f{i}" for i in range(feats.shape[1])) + "\n")
+        for i, row in enumerate(feats):
+            f.write(f"{part.ids[i]},{part.labels[i]}," + ",".join(f"{v:.6g}" for v in row) + "\n")
+    return paths

@@ -1,0 +1,189 @@
+"""Backbones: one registry, one contract.
+
+Every backbone is an ``nn.Module`` that maps images ``(N, C, H, W)`` to a pooled
+representation ``h`` of shape ``(N, num_features)`` -- the vector every evaluation
+(kNN, linear probe, fine-tuning, embedding) uses.  Builders take ``in_chans`` and
+``image_size`` so the same name works for 8 px digits, 32 px shapes and 224 px photos.
+Vision transformers also offer ``forward_tokens(x) -> (N, 1 + L, D)`` (CLS first) and
+``patch_size`` for methods and pictures that need patch tokens.
+
+:class:`Encoder` wraps a backbone with the input normalisation, so an exported encoder
+takes plain ``[0, 1]`` images and needs nothing else to be used.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from selfsup.registry import Registry
+
+BACKBONES = Registry("backbone")
+
+
+class Encoder(nn.Module):
+    """Normalisation + backbone. ``forward(x in [0,1]) -> (N, num_features)``."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], *, name: str = "",
+                 kwargs: dict | None = None):
+        super().__init__()
+        self.net = net
+        self.name = name  # registry name, so that the encoder can be rebuilt from a file
+        self.kwargs = dict(kwargs or {})
+        self.num_features = net.num_features
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self.net, "forward_tokens"):
+            raise TypeError(f"backbone {self.name!r} has no patch tokens (use a ViT backbone)")
+        return self.net.forward_tokens(self.normalize(x))
+
+
+def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
+                    mean: list[float] | None = None, std: list[float] | None = None,
+                    **kwargs) -> Encoder:
+    """Build the registered backbone ``name`` wrapped in an :class:`Encoder`."""
+    builder: Callable[..., nn.Module] = BACKBONES.get(name)
+    net = builder(in_chans=in_chans, image_size=image_size, **kwargs)
+    mean = mean if mean is not None else [0.5] * in_chans
+    std = std if std is not None else [0.25] * in_chans
+    spec = dict(in_chans=in_chans, image_size=image_size, **kwargs)
+    return Encoder(net, mean, std, name=name, kwargs=spec)
+
+
+# --- small CNN: the CPU default ------------------------------------------------------
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Four conv stages (widths w, 2w, 4w, 8w), stride-2 between stages, global average pool.
+
+    About 1.2 M parameters at ``width=32``; the fast default for 2-core CPUs.
+    """
+
+    def __init__(self, in_chans: int = 3, image_size: int = 32, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(in_chans, w),
+            _conv_bn(w, 2 * w, stride=2 if image_size > 8 else 1),
+            _conv_bn(2 * w, 2 * w),
+            _conv_bn(2 * w, 4 * w, stride=2),
+            _conv_bn(4 * w, 4 * w),
+            _conv_bn(4 * w, 8 * w, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),  # (N, 8w)
+        )
+        self.num_features = 8 * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@BACKBONES.register("small_cnn", help="6-layer CNN, 256-d features (CPU default, ~1.2M params)")
+def small_cnn(*, in_chans: int, image_size: int, width: int = 32) -> nn.Module:
+    return SmallCNN(in_chans, image_size, width)
+
+
+# --- torchvision ResNets --------------------------------------------------------------
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet without its classifier; CIFAR stem for small images.
+
+    For inputs of at most 64 px the first conv becomes 3x3 stride 1 and the max-pool is
+    removed (the CIFAR recipe of SimCLR/MoCo), otherwise the ImageNet stem is kept.
+    Weights are randomly initialised: nothing is downloaded.
+    """
+
+    def __init__(self, arch: str, in_chans: int, image_size: int):
+        super().__init__()
+        net = getattr(torchvision.models, arch)(weights=None)
+        if image_size <= 64:
+            net.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_chans != 3:
+            net.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
+        self.num_features = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (N, num_features)
+
+
+@BACKBONES.register("resnet18", help="torchvision ResNet-18, 512-d (CIFAR stem at <= 64 px)")
+def resnet18(*, in_chans: int, image_size: int) -> nn.Module:
+    return TorchvisionResNet("resnet18", in_chans, image_size)
+
+
+@BACKBONES.register("resnet50", help="torchvision ResNet-50, 2048-d (CIFAR stem at <= 64 px)")
+def resnet50(*, in_chans: int, image_size: int) -> nn.Module:
+    return TorchvisionResNet("resnet50", in_chans, image_size)
+
+
+# --- timm vision transformers -----------------------------------------------------------
+
+
+def default_patch_size(image_size: int) -> int:
+    """16 px patches at 224, 4 px at 32, 2 px at 8: about 8-14 patches per side."""
+    if image_size >= 160:
+        return 16
+    if image_size >= 64:
+        return 8
+    if image_size >= 16:
+        return 4
+    return 2
+
+
+class ViT(nn.Module):
+    """timm VisionTransformer with a CLS token; ``forward`` returns the normed CLS token."""
+
+    def __init__(self, in_chans: int, image_size: int, embed_dim: int, depth: int,
+                 num_heads: int, patch_size: int | None = None, drop_path: float = 0.0):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.patch_size = patch_size or default_patch_size(image_size)
+        if image_size % self.patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch {self.patch_size}")
+        self.vit = VisionTransformer(
+            img_size=image_size, patch_size=self.patch_size, in_chans=in_chans,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, num_classes=0,
+            drop_path_rate=drop_path, dynamic_img_size=True,
+        )
+        self.num_features = embed_dim
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_features(x)  # (N, 1 + L, D), after the final norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(x)[:, 0]  # (N, D): CLS token
+
+
+@BACKBONES.register("vit_tiny", help="timm ViT, 192-d, 12 blocks, 3 heads (patch from image size)")
+def vit_tiny(*, in_chans: int, image_size: int, patch_size: int | None = None,
+             depth: int = 12, drop_path: float = 0.0) -> nn.Module:
+    return ViT(in_chans, image_size, 192, depth, 3, patch_size, drop_path)
+
+
+@BACKBONES.register("vit_small", help="timm ViT, 384-d, 12 blocks, 6 heads (patch from image size)")
+def vit_small(*, in_chans: int, image_size: int, patch_size: int | None = None,
+              depth: int = 12, drop_path: float = 0.0) -> nn.Module:
+    return ViT(in_chans, image_size, 384, depth, 6, patch_size, drop_path)

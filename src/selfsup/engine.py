@@ -1,0 +1,219 @@
+"""The training engine: the step loop and nothing else.
+
+Per step: LR and weight decay from precomputed schedules, the method's loss under AMP
+(CUDA only), a guard that stops on a non-finite loss *before* anything is written,
+optional gradient clipping, the optimizer step and the method's post-step hook (EMA).
+Checkpoints are atomic and hold everything needed to continue the same run exactly:
+model and method state (targets, queues, centres), optimizer, AMP scaler, step, and the
+RNG states; the data order is a pure function of (seed, epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from selfsup.config import RunConfig
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import Method
+from selfsup.optim import build_optimizer, cosine_schedule, scaled_lr
+
+CHECKPOINT = "last.pt"
+FORMAT = "selfsup-checkpoint"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SelfSupError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SelfSupError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a
+    half-written checkpoint in place of the last good one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise SelfSupError(f"checkpoint {str(p)!r} not found; pass a run folder or a .pt file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise SelfSupError(f"cannot read checkpoint {str(p)!r}: not a selfsup checkpoint or "
+                           f"corrupt ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, "selfsup-encoder"):
+        raise SelfSupError(f"{str(p)!r} is not a selfsup checkpoint or exported encoder")
+    return ckpt
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type="cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Path, *,
+          resume: bool = False, log: Callable[[str], None] = print) -> list[dict[str, float]]:
+    """Pretrain ``method`` on ``images`` (N, H, W, C) uint8; returns the logged metrics."""
+    tc, oc = cfg.train, cfg.optim
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+
+    n, bs = len(images), tc.batch_size
+    if bs < method.min_batch_size:
+        raise SelfSupError(f"batch size {bs} is too small for {cfg.method} (needs at least "
+                           f"{method.min_batch_size}); raise --batch-size")
+    if bs > n:
+        raise SelfSupError(f"batch size {bs} is larger than the {n} training images; "
+                           f"lower --batch-size to at most {n}")
+    steps_per_epoch = n // bs  # the last partial batch is dropped
+    total = tc.epochs * steps_per_epoch
+    if total < 1:
+        raise SelfSupError("nothing to train: --epochs must be at least 1")
+
+    lr = scaled_lr(oc, bs)
+    lr_sched = cosine_schedule(lr, oc.min_lr, total, round(oc.warmup_epochs * steps_per_epoch))
+    wd_end = oc.weight_decay if oc.weight_decay_end is None else oc.weight_decay_end
+    wd_sched = cosine_schedule(oc.weight_decay, wd_end, total)
+    method.setup_schedules(total, steps_per_epoch)
+    method.to(device)
+    optimizer = build_optimizer(method.trainable_parameters(), oc)
+    use_amp = tc.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    torch.manual_seed(tc.seed)
+    aug_gen = torch.Generator().manual_seed(tc.seed)
+    step = 0
+    ckpt_path = run_dir / CHECKPOINT
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt["config"]
+        for key in ("method", "backbone"):
+            if saved[key] != getattr(cfg, key):
+                raise SelfSupError(f"cannot resume: the run in {run_dir} used {key} {saved[key]!r}, "
+                                   f"not {getattr(cfg, key)!r}")
+        method.load_state_dict(ckpt["method_state"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        aug_gen.set_state(ckpt["aug_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        step = int(ckpt["step"])
+        _truncate_metrics(metrics_path, step)
+        log(f"resuming {run_dir} at step {step}/{total}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def save_checkpoint() -> None:
+        atomic_save({
+            "format": FORMAT, "config": cfg.to_dict(), "step": step,
+            "method_state": method.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "aug_rng": aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "encoder": {"name": method.encoder.name, "kwargs": method.encoder.kwargs},
+        }, ckpt_path)
+
+    n_params = sum(p.numel() for _, p in method.trainable_parameters())
+    log(f"{cfg.method} on {device} | {n_params / 1e6:.2f}M trainable params | amp {use_amp}")
+    log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x effective batch {bs} -> lr {lr:.4g}; "
+        f"{steps_per_epoch} steps/epoch, {total} steps")
+
+    data = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, C) uint8, stays on CPU
+    stop_at = total if tc.max_steps is None else min(total, tc.max_steps)
+    history: list[dict[str, float]] = []
+    bar = _progress(total, step, tc.progress)
+    t_last, seen = time.perf_counter(), 0
+    method.train()
+    try:
+        while step < stop_at:
+            epoch, it = divmod(step, steps_per_epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
+            idx = order[it * bs:(it + 1) * bs]
+            x = data[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W)
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_sched[step])
+                if group.get("apply_wd"):
+                    group["weight_decay"] = float(wd_sched[step])
+            with _autocast(device, use_amp):
+                loss, logs = method.training_step(x, aug_gen)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise SelfSupError(
+                    f"loss became {value} at step {step} (epoch {epoch}); stopped before writing, "
+                    f"the last good checkpoint {ckpt_path} is intact; lower optim.base_lr or set "
+                    f"optim.clip_grad")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if oc.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for _, p in method.trainable_parameters()], oc.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_optimizer_step(step)
+            step += 1
+            seen += bs
+            bar.update(1)
+            if step % tc.log_every == 0 or step == stop_at:
+                now = time.perf_counter()
+                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
+                       "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last), **logs}
+                t_last, seen = now, 0
+                history.append(rec)
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rec['samples_per_s']:.0f}")
+            if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        bar.close()
+        raise SelfSupError(f"interrupted at step {step}; checkpoint saved, continue with --resume "
+                           f"--out {run_dir}") from None
+    save_checkpoint()
+    bar.close()
+    method.eval()
+    return history
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)

@@ -1,0 +1,523 @@
+"""Self-supervised losses as plain functions.
+
+Every loss here is a pure function of tensors: no modules, no state, no process groups.
+Where a method needs information from other processes (the SimCLR negatives, the DINO
+center) the caller passes a ``gather`` hook; the default is a single process.
+
+Conventions shared by all losses
+--------------------------------
+* Shapes are written in comments as ``(N, D)`` etc.; ``N`` is the local batch size.
+* Every loss returns a 0-dim tensor averaged over the batch (the exact reduction of each
+  loss is stated in its docstring).
+* Numerics: the functions marked ``@_float32`` run with autocast disabled and upcast
+  float16/bfloat16 inputs to float32, so the similarity matrices, softmaxes and
+  log-softmaxes are always computed in (at least) float32.  float64 inputs stay float64,
+  which the tests use for exact comparisons and ``gradcheck``.
+* Stop-gradients that belong to a method (BYOL target, MoCo keys and queue, DINO
+  teacher) are applied *inside* the function, so a caller cannot forget them.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup.errors import SelfSupError
+
+# gather(t) -> (t_all, offset): all-gathers ``t`` (N, ...) from every process into
+# ``t_all`` (world * N, ...), keeping gradients for the local slice, which is
+# ``t_all[offset : offset + N]``.
+GatherFn = Callable[[Tensor], "tuple[Tensor, int]"]
+
+__all__ = [
+    "info_nce",
+    "nt_xent",
+    "moco_loss",
+    "regression_loss",
+    "byol_loss",
+    "dino_loss",
+    "dino_center_update",
+    "dino_diagnostics",
+    "entropy",
+    "mae_loss",
+    "patchify",
+    "unpatchify",
+    "reconstruction_loss",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _upcast(x):
+    """float16/bfloat16 tensors (also inside lists/tuples) -> float32; others unchanged."""
+    if isinstance(x, Tensor):
+        return x.float() if x.dtype in _LOW_PRECISION else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_upcast(v) for v in x)
+    return x
+
+
+def _device_types(args) -> set[str]:
+    found: set[str] = set()
+    for a in args:
+        if isinstance(a, Tensor):
+            found.add(a.device.type)
+        elif isinstance(a, (list, tuple)):
+            found |= _device_types(a)
+    return found
+
+
+def _float32(fn):
+    """Run ``fn`` with autocast off and low-precision tensor arguments upcast to float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        args = tuple(_upcast(a) for a in args)
+        kwargs = {k: _upcast(v) for k, v in kwargs.items()}
+        with contextlib.ExitStack() as stack:
+            for dev in _device_types(list(args) + list(kwargs.values())):
+                available = getattr(torch.amp, "is_autocast_available", None)
+                if available is not None and not available(dev):
+                    continue
+                stack.enter_context(torch.autocast(device_type=dev, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _check_2d_same(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must both be (N, D) with equal shapes; "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+# --------------------------------------------------------------------- contrastive
+@_float32
+def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 0.5) -> Tensor:
+    r"""InfoNCE with explicit negatives and cosine similarity.
+
+    Oord, Li & Vinyals, "Representation Learning with Contrastive Predictive Coding"
+    (2018); cosine similarity and temperature as in SimCLR (Chen et al. 2020)::
+
+        loss_i = -log( exp(s(a_i, p_i)/T) / ( exp(s(a_i, p_i)/T) + sum_k exp(s(a_i, n_k)/T) ) )
+        s(u, v) = u.v / (|u| |v|)
+
+    The denominator holds the positive and all negatives.  Returns the mean over the
+    N anchors.
+
+    Args:
+        anchor:    (N, D)
+        positive:  (N, D), row i is the positive of anchor i
+        negatives: (K, D) shared by all anchors, or (N, K, D) one set per anchor
+        temperature: T > 0
+    """
+    _check_2d_same("anchor", anchor, "positive", positive)
+    a = F.normalize(anchor, dim=-1)  # (N, D)
+    p = F.normalize(positive, dim=-1)  # (N, D)
+    n = F.normalize(negatives, dim=-1)
+    pos = (a * p).sum(-1, keepdim=True)  # (N, 1)
+    if n.dim() == 2:  # (K, D) shared
+        neg = a @ n.t()  # (N, K)
+    elif n.dim() == 3 and n.shape[0] == a.shape[0]:  # (N, K, D) per anchor
+        neg = torch.einsum("nd,nkd->nk", a, n)  # (N, K)
+    else:
+        raise ValueError(f"negatives must be (K, D) or (N, K, D); got {tuple(negatives.shape)}")
+    logits = torch.cat([pos, neg], dim=1) / temperature  # (N, 1 + K), positive at 0
+    target = torch.zeros(a.shape[0], dtype=torch.long, device=a.device)
+    return F.cross_entropy(logits, target)
+
+
+@_float32
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, gather: Optional[GatherFn] = None) -> Tensor:
+    r"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR.
+
+    Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of
+    Visual Representations" (ICML 2020), eq. (1).  With the 2N views of a batch
+    (two per image) and s the cosine similarity, for anchor i with positive j::
+
+        l(i, j) = -log( exp(s_ij/T) / sum_{k != i} exp(s_ik/T) )
+
+    The denominator runs over all 2N-1 other views (the positive and 2N-2 negatives);
+    the self-similarity s_ii is excluded.
+
+    Reduction: the paper's convention, the MEAN over all 2N anchors,
+    ``L = 1/(2N) sum_k [l(2k-1, 2k) + l(2k, 2k-1)]``.  (The authors' TensorFlow code
+    returns the sum of the two directions' means, i.e. 2x this value.)  For identical
+    embeddings every anchor's loss is ln(2N-1).
+
+    Multi-process: ``gather(t) -> (t_all, offset)`` all-gathers a (N, D) tensor into
+    (world*N, D); the local rows are ``offset .. offset+N``.  It is called once for z1
+    and once for z2.  Anchors are the local 2N views; positives and negatives come
+    from all 2*world*N gathered views.  The mean of the per-process losses then equals
+    the single-process loss of the whole global batch.  For the exact global gradient
+    the hook must be differentiable for the local slice (gradients that other
+    processes' anchors send to this process's embeddings are only recovered by a
+    gather whose backward all-reduces, e.g. the usual "GatherLayer").
+
+    Args:
+        z1, z2: (N, D) projections of the two views, row i of both from the same image.
+        temperature: T > 0.
+    """
+    _check_2d_same("z1", z1, "z2", z2)
+    n = z1.shape[0]
+    if n < 1:
+        raise SelfSupError("nt_xent needs a batch of at least 1 image (2 views)")
+    if gather is None:
+        z1_all, z2_all, offset = z1, z2, 0
+    else:
+        z1_all, offset = gather(z1)  # (M, D), M = world * N
+        z2_all, offset2 = gather(z2)
+        if offset2 != offset or z1_all.shape != z2_all.shape:
+            raise ValueError("gather must return the same layout for z1 and z2")
+    m = z1_all.shape[0]
+
+    anchors = F.normalize(torch.cat([z1, z2]), dim=-1)  # (2N, D) local views
+    views = F.normalize(torch.cat([z1_all, z2_all]), dim=-1)  # (2M, D) all views
+    logits = anchors @ views.t() / temperature  # (2N, 2M)
+
+    local = torch.arange(n, device=z1.device) + offset  # rows of the local slice in z*_all
+    self_col = torch.cat([local, local + m])  # (2N,) column of each anchor itself
+    pos_col = torch.cat([local + m, local])  # (2N,) column of its positive
+    rows = torch.arange(2 * n, device=z1.device)
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[rows, self_col] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, pos_col)
+
+
+@_float32
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    r"""MoCo contrastive loss with a queue of negative keys.
+
+    He, Fan, Wu, Xie & Girshick, "Momentum Contrast for Unsupervised Visual
+    Representation Learning" (CVPR 2020), eq. (1); T = 0.2 is the MoCo v2 default
+    (Chen, Fan, Girshick & He, "Improved Baselines with Momentum Contrastive
+    Learning", 2020)::
+
+        logits = [q.k+, q.queue^T] / T        (positive at index 0)
+        loss   = CE(logits, 0) = -log( exp(q.k+/T) / (exp(q.k+/T) + sum_j exp(q.k_j/T)) )
+
+    q and k are L2-normalised here; the queue rows are assumed already unit vectors
+    (they are normalised keys of earlier batches).  k and the queue are constants
+    (stop-gradient): in MoCo they come from the momentum encoder.  Mean over the N
+    queries.
+
+    Args:
+        q: (N, D) queries (online encoder).
+        k: (N, D) positive keys (momentum encoder).
+        queue: (K, D) negative keys.
+    """
+    _check_2d_same("q", q, "k", k)
+    if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"queue must be (K, {q.shape[1]}); got {tuple(queue.shape)}")
+    q = F.normalize(q, dim=-1)  # (N, D)
+    k = F.normalize(k.detach(), dim=-1)  # (N, D)
+    l_pos = (q * k).sum(-1, keepdim=True)  # (N, 1)
+    l_neg = q @ queue.detach().to(q.dtype).t()  # (N, K)
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (N, 1 + K)
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, target)
+
+
+# ------------------------------------------------------------------ bootstrapping
+@_float32
+def regression_loss(p: Tensor, z: Tensor) -> Tensor:
+    r"""BYOL's per-sample regression loss, ``2 - 2 cos(p, sg(z))``.
+
+    Grill et al., "Bootstrap Your Own Latent" (NeurIPS 2020), eq. (2)::
+
+        L = || p/|p| - z/|z| ||^2 = 2 - 2 <p, z> / (|p| |z|)
+
+    The target z is detached (stop-gradient).  Range [0, 4].
+
+    Args:
+        p: (N, D) online predictions.
+        z: (N, D) target projections.
+    Returns:
+        (N,) per-sample losses.
+    """
+    _check_2d_same("p", p, "z", z)
+    return 2.0 - 2.0 * F.cosine_similarity(p, z.detach(), dim=-1)
+
+
+def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    r"""Symmetrised BYOL loss.
+
+    Grill et al., "Bootstrap Your Own Latent" (NeurIPS 2020), Sec. 3.1: the online
+    prediction of each view regresses the target projection of the other view and the
+    two directions are summed::
+
+        L_total = mean_i [ reg(p1_i, sg(z2_i)) + reg(p2_i, sg(z1_i)) ],  reg = 2 - 2cos
+
+    Each direction lies in [0, 4], so the total lies in [0, 8]; averaged over the batch.
+
+    Args:
+        p1, p2: (N, D) online predictions of view 1 and view 2.
+        z1, z2: (N, D) target projections of view 1 and view 2 (detached here).
+    """
+    return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
+
+
+# --------------------------------------------------------------------------- DINO
+def _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp):
+    """Teacher probabilities (detached) and student log-probabilities, per crop."""
+    if len(teacher_out) < 1 or len(student_out) < len(teacher_out):
+        raise ValueError(
+            "need at least one teacher crop and at least as many student crops as "
+            f"teacher crops; got {len(student_out)} student, {len(teacher_out)} teacher"
+        )
+    center = center.detach()
+    teacher_p = [F.softmax((t.detach() - center) / teacher_temp, dim=-1) for t in teacher_out]
+    student_logp = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
+    return student_logp, teacher_p
+
+
+def _dino_pairs(n_student: int, n_teacher: int):
+    return [(iq, v) for iq in range(n_teacher) for v in range(n_student) if v != iq]
+
+
+@_float32
+def dino_loss(
+    student_out: Sequence[Tensor],
+    teacher_out: Sequence[Tensor],
+    center: Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> Tensor:
+    r"""DINO self-distillation cross-entropy.
+
+    Caron et al., "Emerging Properties in Self-Supervised Vision Transformers"
+    (ICCV 2021), eq. (3) with centering and sharpening::
+
+        P_t = softmax((g_t(x) - c) / T_t)        (stop-gradient)
+        P_s = softmax(g_s(x') / T_s)
+        L   = 1/|pairs| sum_{(iq, v), v != iq} mean_batch[ -sum_k P_t^{iq}[k] log P_s^{v}[k] ]
+
+    The pairs are every teacher (global) crop iq against every student crop v except
+    the same crop.  With 2 global and V-2 local crops there are 2(V-1) pairs.  Constant
+    (uniform) student and teacher outputs give ln K.
+
+    Args:
+        student_out: list of V tensors (N, K), one per crop; the first
+            ``len(teacher_out)`` entries must be the global crops, in the same order as
+            ``teacher_out``.
+        teacher_out: list of tensors (N, K), the teacher's outputs for the global crops
+            (2 in DINO).  Detached here.
+        center: (1, K) or (K,) running center of the teacher outputs.
+        student_temp, teacher_temp: T_s, T_t.
+    """
+    student_logp, teacher_p = _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp)
+    pairs = _dino_pairs(len(student_logp), len(teacher_p))
+    total = 0.0
+    for iq, v in pairs:
+        total = total + (-(teacher_p[iq] * student_logp[v]).sum(-1)).mean()  # mean over N
+    return total / len(pairs)
+
+
+@torch.no_grad()
+@_float32
+def dino_center_update(
+    center: Tensor,
+    teacher_out: Sequence[Tensor],
+    momentum: float = 0.9,
+    *,
+    gather: Optional[GatherFn] = None,
+) -> Tensor:
+    r"""EMA update of the DINO center.
+
+    Caron et al. (ICCV 2021), eq. (4)::
+
+        c <- m c + (1 - m) * 1/B sum_{i=1..B} g_t(x_i)
+
+    where the mean runs over the raw (uncentred) teacher outputs of all global crops
+    of the (global) batch, B = n_global_crops * world * N.
+
+    Args:
+        center: (1, K) current center.
+        teacher_out: list of (N, K) raw teacher outputs, one per global crop.
+        momentum: m.
+        gather: optional ``gather(t) -> (t_all, offset)`` hook (see :func:`nt_xent`);
+            called once on the concatenated (n_global*N, K) teacher outputs.
+    Returns:
+        (1, K) new center (a new tensor, no gradient).
+    """
+    t = torch.cat([x.detach() for x in teacher_out], dim=0)  # (n_global*N, K)
+    if gather is not None:
+        t, _ = gather(t)  # (world*n_global*N, K)
+    batch_center = t.mean(dim=0, keepdim=True)  # (1, K)
+    return center.reshape(1, -1).to(batch_center.dtype) * momentum + batch_center * (1.0 - momentum)
+
+
+def entropy(probs: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy in nats, ``-sum_k p_k log p_k`` along ``dim`` (0 log 0 = 0)."""
+    probs = _upcast(probs)
+    return -torch.special.xlogy(probs, probs).sum(dim)
+
+
+@torch.no_grad()
+@_float32
+def dino_diagnostics(
+    student_out: Sequence[Tensor],
+    teacher_out: Sequence[Tensor],
+    center: Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> dict[str, float]:
+    r"""Collapse monitors for DINO (Caron et al. 2021, Sec. 5.3 / Fig. 7).
+
+    The DINO cross-entropy splits as ``H(P_t) + KL(P_t || P_s)``.  Collapse shows as
+    KL -> 0 with either ``teacher_entropy -> ln K`` (uniform collapse: too much
+    centering) or ``teacher_entropy -> 0`` (one-dimension collapse: too much
+    sharpening).  Healthy training keeps the KL clearly above 0 and the entropy
+    between the two.
+
+    Returns:
+        ``teacher_entropy``: mean over teacher crops and batch of H(P_t) (nats);
+        ``kl``: mean over the same (teacher, student) pairs as :func:`dino_loss` and
+        over the batch of KL(P_t || P_s) (nats), so ``loss == teacher_entropy + kl``;
+        ``ln_k``: ln K, the entropy of the uniform distribution, for comparison.
+    """
+    student_logp, teacher_p = _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp)
+    pairs = _dino_pairs(len(student_logp), len(teacher_p))
+    h = torch.stack([entropy(p).mean() for p in teacher_p]).mean()
+    kl = torch.stack(
+        [
+            (torch.special.xlogy(teacher_p[iq], teacher_p[iq]) - teacher_p[iq] * student_logp[v]).sum(-1).mean()
+            for iq, v in pairs
+        ]
+    ).mean()
+    k = teacher_p[0].shape[-1]
+    return {"teacher_entropy": float(h), "kl": float(kl), "ln_k": math.log(k)}
+
+
+# ---------------------------------------------------------------------------- MAE
+def patchify(imgs: Tensor, p: int) -> Tensor:
+    """Cut images into non-overlapping p x p patches, flattened channel-last.
+
+    (N, C, H, W) -> (N, L, p*p*C) with L = (H/p)(W/p).  Patches are numbered row-major
+    over the grid (l = row * W/p + col); inside a patch the vector is ordered
+    (row-in-patch, column-in-patch, channel), channel fastest, as in the MAE code
+    (He et al. 2021).
+    """
+    if imgs.dim() != 4:
+        raise ValueError(f"imgs must be (N, C, H, W); got {tuple(imgs.shape)}")
+    n, c, hh, ww = imgs.shape
+    if hh % p or ww % p:
+        raise ValueError(f"image size {hh}x{ww} is not divisible by patch size {p}")
+    h, w = hh // p, ww // p
+    x = imgs.reshape(n, c, h, p, w, p)  # (N, C, h, p, w, q)
+    x = torch.einsum("nchpwq->nhwpqc", x)  # (N, h, w, p, q, C)
+    return x.reshape(n, h * w, p * p * c)
+
+
+def unpatchify(x: Tensor, p: int, channels: int, *, grid: Optional[tuple[int, int]] = None) -> Tensor:
+    """Exact inverse of :func:`patchify`: (N, L, p*p*C) -> (N, C, h*p, w*p).
+
+    ``grid = (h, w)`` gives the patch grid; by default it is square (h = w = sqrt(L)).
+    """
+    n, length, dim = x.shape
+    if dim != p * p * channels:
+        raise ValueError(f"last dim {dim} != p*p*channels = {p * p * channels}")
+    if grid is None:
+        h = w = math.isqrt(length)
+        if h * w != length:
+            raise ValueError(f"{length} patches do not form a square grid; pass grid=(h, w)")
+    else:
+        h, w = grid
+        if h * w != length:
+            raise ValueError(f"grid {grid} does not hold {length} patches")
+    x = x.reshape(n, h, w, p, p, channels)  # (N, h, w, p, q, C)
+    x = torch.einsum("nhwpqc->nchpwq", x)  # (N, C, h, p, w, q)
+    return x.reshape(n, channels, h * p, w * p)
+
+
+@_float32
+def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
+    r"""Masked-autoencoder reconstruction loss on the removed patches only.
+
+    He, Chen, Xie, Li, Dollar & Girshick, "Masked Autoencoders Are Scalable Vision
+    Learners" (2021), Sec. 3::
+
+        t~      = (t - mean(t)) / sqrt(var(t) + 1e-6)    per patch, if norm_pix
+                  (var is the UNBIASED variance over the patch's p*p*C values)
+        e_l     = mean_d (pred_l[d] - t~_l[d])^2          per-patch MSE
+        L       = sum_l e_l m_l / sum_l m_l              m_l = 1: patch removed
+
+    Visible patches (m = 0) contribute nothing, neither value nor gradient.
+
+    Args:
+        pred:   (N, L, p*p*C) decoder output.
+        target: (N, L, p*p*C) patchified images (see :func:`patchify`).
+        mask:   (N, L), 1 (or True) where the patch was removed, 0 where visible.
+        norm_pix: normalise each target patch as above.
+    """
+    if pred.shape != target.shape or pred.dim() != 3:
+        raise ValueError(f"pred and target must both be (N, L, D); got {tuple(pred.shape)}, {tuple(target.shape)}")
+    if mask.shape != pred.shape[:2]:
+        raise ValueError(f"mask must be (N, L) = {tuple(pred.shape[:2])}; got {tuple(mask.shape)}")
+    target = target.detach()
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)  # (N, L, 1)
+        var = target.var(dim=-1, unbiased=True, keepdim=True)  # (N, L, 1)
+        target = (target - mean) / (var + 1.0e-6).sqrt()
+    per_patch = ((pred - target) ** 2).mean(dim=-1)  # (N, L)
+    mask = mask.to(per_patch.dtype)
+    # clamp: an all-visible mask gives 0 instead of 0/0
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+# -------------------------------------------------------------------- autoencoders
+_RECON_KINDS = ("mse", "bce")
+
+
+@_float32
+def reconstruction_loss(recon: Tensor, clean: Tensor, kind: str = "mse", *, logits: bool = False) -> Tensor:
+    r"""Reconstruction loss of a (denoising) autoencoder, measured against the CLEAN input.
+
+    Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust Features
+    with Denoising Autoencoders" (ICML 2008), Sec. 2: the decoder output z of the
+    corrupted input is compared with the uncorrupted x.
+
+    ``kind="mse"``: squared error, mean over ALL components (over the batch and the
+    features), ``L = 1/(N D) sum_{i,k} (z_ik - x_ik)^2``.
+
+    ``kind="bce"``: the paper's reconstruction cross-entropy for x in [0, 1],
+    summed over the components of an example and averaged over the batch::
+
+        L_H(x, z) = -sum_k [ x_k log z_k + (1 - x_k) log(1 - z_k) ]
+        L = 1/N sum_i L_H(x_i, z_i)
+
+    (note the different scale from "mse": a sum, not a mean, over components).
+    With ``logits=True`` ``recon`` holds pre-sigmoid logits and the numerically stable
+    ``binary_cross_entropy_with_logits`` is used; otherwise ``recon`` holds
+    probabilities, clamped to [1e-7, 1 - 1e-7] before the log.  ``logits`` is only
+    meaningful for "bce" (for "mse" a sigmoid is applied first).
+
+    Args:
+        recon: (N, ...) reconstruction (probabilities or logits).
+        clean: (N, ...) clean input, same shape.
+    """
+    if kind not in _RECON_KINDS:
+        raise SelfSupError(f"unknown reconstruction loss {kind!r}; valid kinds: {', '.join(_RECON_KINDS)}")
+    if recon.shape != clean.shape:
+        raise ValueError(f"recon {tuple(recon.shape)} and clean {tuple(clean.shape)} differ in shape")
+    clean = clean.detach().to(recon.dtype)
+    if kind == "mse":
+        z = torch.sigmoid(recon) if logits else recon
+        return F.mse_loss(z, clean, reduction="mean")
+    if logits:
+        per_elem = F.binary_cross_entropy_with_logits(recon, clean, reduction="none")
+    else:
+        eps = 1.0e-7
+        z = recon.clamp(eps, 1.0 - eps)
+        per_elem = -(clean * torch.log(z) + (1.0 - clean) * torch.log1p(-z))
+    return per_elem.flatten(1).sum(dim=1).mean()  # per-example sum, batch mean

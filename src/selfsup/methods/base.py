@@ -1,0 +1,78 @@
+"""The method contract shared by every self-supervised method.
+
+A method is an ``nn.Module`` that owns the encoder, its heads, its view recipe and all
+of its training state (EMA targets, queues, centres) as submodules and buffers, so one
+``state_dict`` saves and restores everything on resume.  The engine calls, per step::
+
+    loss, logs = method.training_step(images, generator)   # images: (N, C, H, W) in [0, 1]
+    ... backward, optimizer step ...
+    method.after_optimizer_step(step)                       # EMA updates and the like
+
+``setup_schedules(total_steps, steps_per_epoch)`` is called once before training with the
+run's length, for per-step schedules (EMA momentum, teacher temperature).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from selfsup.backbones import Encoder
+from selfsup.errors import SelfSupError
+from selfsup.registry import Registry
+
+METHODS = Registry("method")
+
+
+class Method(nn.Module):
+    Config: ClassVar[type] = object          # the method's options dataclass
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> dotted RunConfig overrides
+    min_batch_size: ClassVar[int] = 1        # smallest batch for which the loss is meaningful
+
+    def __init__(self, encoder: Encoder, cfg: Any, *, image_size: int, channels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.image_size = image_size
+        self.channels = channels
+        self.total_steps = 1
+        self.steps_per_epoch = 1
+
+    def setup_schedules(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.total_steps = max(total_steps, 1)
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+
+    def training_step(self, x: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after each optimizer step (EMA updates). Default: nothing."""
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters the optimizer updates (EMA targets are excluded by requires_grad)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+
+def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = None, *,
+                  image_size: int, channels: int) -> Method:
+    """Build method ``name`` around ``encoder``; ``options`` fill the method's Config."""
+    cls = METHODS.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options or {}) - fields)
+    if unknown:
+        raise SelfSupError(
+            f"method {name!r} has no option {unknown[0]!r}; its options: {', '.join(sorted(fields))}")
+    cfg = cls.Config(**(options or {}))
+    return cls(encoder, cfg, image_size=image_size, channels=channels)
+
+
+def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """EMA of parameters only: ``t <- m t + (1 - m) o``. Buffers (BN statistics) are not
+    averaged (REFERENCE section 0); the target keeps its own."""
+    with torch.no_grad():
+        for po, pt in zip(online.parameters(), target.parameters()):
+            pt.mul_(momentum).add_(po.detach(), alpha=1 - momentum)

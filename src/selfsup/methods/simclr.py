@@ -1,0 +1,85 @@
+"""SimCLR (Chen et al. 2020): contrastive learning with NT-Xent over two views.
+
+Each image gives two views; the shared encoder ``f`` and projection head ``g`` map them
+to ``z``; NT-Xent pulls the two views of an image together and pushes the other 2N-2
+views away.  Downstream tasks use ``h = f(x)``, never ``z``.
+
+Head (v1, ``head_layers=2``): Linear(d, d) + BN + ReLU -> Linear(d, 128, no bias) + BN;
+``head_layers=3`` is the v2 head.  Views: the paper's recipe with colour strength 0.5
+and no blur at <= 32 px (the CIFAR recipe).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from selfsup.losses import nt_xent
+from selfsup.methods.base import METHODS, Method
+from selfsup.views import ViewConfig, augment, for_small_images, simclr_views
+
+
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int) -> nn.Sequential:
+    """SimCLR head: (Linear + BN + ReLU) x (layers - 1), then Linear (no bias) + BN."""
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    mods += [nn.Linear(dim, out_dim, bias=False), nn.BatchNorm1d(out_dim)]
+    return nn.Sequential(*mods)
+
+
+def build_views(recipe: ViewConfig, image_size: int, overrides: dict[str, Any]) -> ViewConfig:
+    """Shrink a recipe for small images, then apply the user's ``views`` overrides."""
+    cfg = for_small_images(recipe, image_size)
+    try:
+        return dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in overrides.items()})
+    except TypeError:
+        from selfsup.errors import SelfSupError
+
+        names = ", ".join(f.name for f in dataclasses.fields(ViewConfig))
+        raise SelfSupError(f"unknown view option in {sorted(overrides)}; valid: {names}") from None
+
+
+@dataclass
+class SimCLRConfig:
+    temperature: float = 0.5           # NT-Xent tau; 0.5 for CIFAR-scale data, 0.1 at ImageNet scale
+    proj_dim: int = 128                # output dimension of z
+    hidden_dim: int | None = None      # head width (None = encoder feature dimension)
+    head_layers: int = 2               # 2 = SimCLR v1 head, 3 = v2
+    color_strength: float = 0.5        # jitter strength s: (0.8s, 0.8s, 0.8s, 0.2s); 1.0 at ImageNet scale
+    views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
+
+
+@METHODS.register("simclr", help="SimCLR: NT-Xent contrastive loss between two augmented views")
+class SimCLR(Method):
+    Config = SimCLRConfig
+    min_batch_size = 2  # NT-Xent needs at least one negative per anchor
+    presets = {
+        "cpu": {"optim.name": "adamw", "optim.base_lr": 2e-3, "optim.weight_decay": 1e-4,
+                "optim.warmup_epochs": 1, "train.batch_size": 256, "train.epochs": 15},
+        "gpu": {"backbone": "resnet18", "optim.name": "lars", "optim.base_lr": 0.3,
+                "optim.lr_scaling": "linear", "optim.weight_decay": 1e-6, "optim.warmup_epochs": 10,
+                "train.batch_size": 512, "train.epochs": 500},
+    }
+
+    def __init__(self, encoder, cfg: SimCLRConfig, *, image_size: int, channels: int):
+        super().__init__(encoder, cfg, image_size=image_size, channels=channels)
+        d = encoder.num_features
+        self.head = projection_mlp(d, cfg.hidden_dim or d, cfg.proj_dim, cfg.head_layers)
+        self.view_cfg = build_views(simclr_views(strength=cfg.color_strength), image_size, cfg.views)
+
+    def training_step(self, x, generator):
+        n = x.shape[0]
+        views = torch.cat([augment(x, self.view_cfg, generator),
+                           augment(x, self.view_cfg, generator)])  # (2N, C, S, S)
+        z = self.head(self.encoder(views))  # (2N, proj_dim)
+        loss = nt_xent(z[:n], z[n:], self.cfg.temperature)
+        with torch.no_grad():
+            pos_sim = nn.functional.cosine_similarity(z[:n], z[n:]).mean().item()
+        return loss, {"pos_sim": pos_sim}

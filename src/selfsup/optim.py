@@ -1,0 +1,94 @@
+"""Optimizers and per-step schedules.
+
+Schedules are plain arrays indexed by the global step (DINO style), so a resumed run
+reads exactly the values an uninterrupted one would.  Weight decay is never applied to
+biases or other 1-D parameters (norm weights); LARS also skips its trust ratio there.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from selfsup.config import OptimConfig
+from selfsup.errors import SelfSupError
+
+
+def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
+    """Absolute LR from the base LR and the effective batch (REFERENCE section 0)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.base_lr * batch_size / 256
+    if cfg.lr_scaling == "sqrt":
+        return cfg.base_lr * math.sqrt(batch_size)
+    if cfg.lr_scaling == "none":
+        return cfg.base_lr
+    raise SelfSupError(f"unknown optim.lr_scaling {cfg.lr_scaling!r}; valid: linear, sqrt, none")
+
+
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                    warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up from ``warmup_start`` reaching ``base`` at the last warm-up step, then
+    a cosine from ``base`` to ``final`` over the remaining steps. Shape ``(total_steps,)``."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warm = np.linspace(warmup_start, base, warmup_steps) if warmup_steps else np.zeros(0)
+    rest = total_steps - warmup_steps
+    t = np.arange(rest) / max(rest - 1, 1)
+    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
+    return np.concatenate([warm, cos])
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017).
+
+    For each parameter tensor with ``ndim > 1``: ``g <- g + wd * w``, then the update is
+    scaled by the trust ratio ``eta * ||w|| / ||g||`` (1 when either norm is 0).  1-D
+    tensors (biases, norm weights) get neither decay nor adaptation, as in SimCLR/BYOL.
+    """
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if p.ndim > 1:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.norm(p), torch.norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g.mul(trust)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"].mul_(group["momentum"]).add_(g)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+def param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Two groups: decayed (ndim > 1) and not decayed (biases, norms, tokens of ndim 1)."""
+    decay = [p for n, p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for n, p in params if p.requires_grad and p.ndim <= 1]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "apply_wd": True},
+        {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},
+    ]
+
+
+def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(params, cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas))
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        return LARS(groups, lr=0.0, momentum=cfg.momentum)
+    raise SelfSupError(f"unknown optimizer {cfg.name!r}; valid: adamw, sgd, lars")
