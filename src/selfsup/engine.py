@@ -22,6 +22,7 @@ import torch
 from selfsup.config import RunConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
+from selfsup.monitor import CollapseMonitor
 from selfsup.optim import build_optimizer, cosine_schedule, scaled_lr
 
 CHECKPOINT = "last.pt"
@@ -151,6 +152,7 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
     data = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, C) uint8, stays on CPU
     stop_at = total if tc.max_steps is None else min(total, tc.max_steps)
     history: list[dict[str, float]] = []
+    monitor = CollapseMonitor()
     bar = _progress(total, step, tc.progress)
     t_last, seen = time.perf_counter(), 0
     method.train()
@@ -188,6 +190,10 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
                 rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
                        "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last), **logs}
                 t_last, seen = now, 0
+                warning = monitor.update(logs)
+                if warning and monitor.bad == monitor.window:
+                    log(f"warning at step {step}: {warning}")
+                rec["collapse_suspected"] = bool(warning)
                 history.append(rec)
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")

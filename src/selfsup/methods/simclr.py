@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from selfsup.losses import nt_xent
 from selfsup.methods.base import METHODS, Method
+from selfsup.monitor import normalized_std
 from selfsup.views import ViewConfig, augment, for_small_images, simclr_views
 
 
@@ -82,4 +83,4 @@ class SimCLR(Method):
         loss = nt_xent(z[:n], z[n:], self.cfg.temperature)
         with torch.no_grad():
             pos_sim = nn.functional.cosine_similarity(z[:n], z[n:]).mean().item()
-        return loss, {"pos_sim": pos_sim}
+        return loss, {"pos_sim": pos_sim, "z_std": normalized_std(z)}
