@@ -65,7 +65,23 @@ def build_config(method: str = "simclr", *, preset: str | None = "cpu", config_f
         apply_overrides(cfg, load_yaml(config_file))
     if overrides:
         apply_overrides(cfg, overrides)
-    METHODS.get(cfg.method)  # a YAML file may name another method
+    return validate(cfg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every registry name and choice before any data is loaded or model built."""
+    from selfsup.backbones import BACKBONES
+    from selfsup.data import DATASETS
+
+    METHODS.get(cfg.method)
+    BACKBONES.get(cfg.backbone)
+    DATASETS.get(cfg.data.source.partition(":")[0])
+    if cfg.optim.name not in ("adamw", "sgd", "lars"):
+        raise SelfSupError(f"unknown optimizer {cfg.optim.name!r}; valid: adamw, sgd, lars")
+    if cfg.optim.lr_scaling not in ("linear", "sqrt", "none"):
+        raise SelfSupError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; valid: linear, sqrt, none")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise SelfSupError("train.epochs and train.batch_size must be at least 1")
     return cfg
 
 
@@ -121,7 +137,7 @@ def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | N
     extra.update(overrides or {})
     if resume:
         out = Path(extra.get("train.out_dir", RunConfig().train.out_dir))
-        cfg = apply_overrides(from_dict(engine.load_checkpoint(out)["config"]), extra)
+        cfg = validate(apply_overrides(from_dict(engine.load_checkpoint(out)["config"]), extra))
     else:
         cfg = build_config(method, preset=preset, config_file=config_file, overrides=extra)
 

@@ -96,7 +96,7 @@ def cmd_pretrain(a) -> None:
 
     overrides.update(parse_overrides(a.set))
     run = pretrain(a.method, a.data, preset=a.preset, config_file=a.config, overrides=overrides,
-                   resume=a.resume, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                   resume=a.resume, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                    optimizer=a.optimizer, image_size=a.image_size, num_train=a.num_train, seed=a.seed,
                    device=a.device, max_steps=a.max_steps, out_dir=a.out,
                    progress=False if a.no_progress else None)
