@@ -31,7 +31,7 @@ import numpy as np
 
 from selfsup.data import DATASETS, Dataset, ImageSet, check_path
 
-VERSION = 1  # bump whenever the sampling or rendering changes: it keys the cache
+VERSION = 2  # bump whenever the sampling or rendering changes: it keys the cache
 CLASSES = ["circle", "ring", "triangle", "square", "star", "cross", "crescent", "heart"]
 FACTOR_NAMES = [
     "shape",
@@ -161,7 +161,7 @@ def sample_factors(n: int, rng: np.random.Generator) -> np.ndarray:
         "shape": rng.integers(0, len(CLASSES), n),
         "pos_x": rng.uniform(0.3, 0.7, n),
         "pos_y": rng.uniform(0.3, 0.7, n),
-        "scale": rng.uniform(0.2, 0.3, n),
+        "scale": rng.uniform(0.28, 0.42, n),
         "rotation": rng.uniform(0, 2 * np.pi, n),
         "object_hue": rng.uniform(0, 1, n),
         "object_saturation": rng.uniform(0.4, 1, n),
