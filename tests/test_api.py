@@ -16,14 +16,14 @@ from selfsup.linear import linear_probe_accuracy
 @pytest.fixture(scope="module")
 def shapes():
     ds = create_dataset("shapes")
-    ds.train = ds.train.subset(np.arange(1500))
+    ds.train = ds.train.subset(np.arange(2000))
     return ds
 
 
 @pytest.fixture(scope="module")
 def simclr_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return selfsup.pretrain("simclr", "shapes", epochs=6, batch_size=128, num_train=1500, out_dir=str(out),
+    return selfsup.pretrain("simclr", "shapes", epochs=8, batch_size=128, num_train=2000, out_dir=str(out),
                             progress=False, log=lambda s: None, overrides={"backbone_cfg.width": 16})
 
 
@@ -74,10 +74,10 @@ def test_embed_rejects_wrong_channel_count(simclr_run, tmp_path):
 
 
 def test_resume_extends_a_finished_run(simclr_run):
-    run = selfsup.pretrain(out_dir=str(simclr_run.run_dir), resume=True, epochs=7, progress=False,
+    run = selfsup.pretrain(out_dir=str(simclr_run.run_dir), resume=True, epochs=9, progress=False,
                            log=lambda s: None)
-    assert run.config.train.epochs == 7
-    assert run.history[-1]["step"] == 7 * (1500 // 128)
+    assert run.config.train.epochs == 9
+    assert run.history[-1]["step"] == 9 * (2000 // 128)
 
 
 def test_knn_and_linear_probe_agree_with_sklearn():

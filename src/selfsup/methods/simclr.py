@@ -62,8 +62,13 @@ class SimCLR(Method):
     Config = SimCLRConfig
     min_batch_size = 2  # NT-Xent needs at least one negative per anchor
     presets = {
-        "cpu": {"optim.name": "adamw", "optim.base_lr": 2e-3, "optim.weight_decay": 1e-4,
-                "optim.warmup_epochs": 1, "train.batch_size": 256, "train.epochs": 15},
+        # short CPU runs: strong colour jitter, a lower temperature and a higher lr learn
+        # much faster on `shapes` than the CIFAR recipe (kNN 0.44 vs 0.15 after 10 epochs
+        # on 4k images; see the README)
+        "cpu": {"optim.name": "adamw", "optim.base_lr": 8e-3, "optim.weight_decay": 1e-4,
+                "optim.warmup_epochs": 1, "train.batch_size": 128, "train.epochs": 15,
+                "method_cfg.temperature": 0.1, "method_cfg.color_strength": 1.0,
+                "method_cfg.views": {"crop_scale": [0.25, 1.0]}},
         "gpu": {"backbone": "resnet18", "optim.name": "lars", "optim.base_lr": 0.3,
                 "optim.lr_scaling": "linear", "optim.weight_decay": 1e-6, "optim.warmup_epochs": 10,
                 "train.batch_size": 512, "train.epochs": 500},
