@@ -1,14 +1,22 @@
 """Supervised training of an encoder + linear head: fine-tuning and the from-scratch baseline.
 
 Fine-tuning starts from a pretrained encoder and gives the backbone a smaller learning
-rate than the head (``backbone_lr_scale``); training from scratch is the same loop on
-a freshly initialised encoder with ``backbone_lr_scale=1``, so the two differ only in
-the starting weights.  Light augmentation (random resized crop of area 0.35-1 and
-flips), AdamW, linear warm-up then cosine, a fixed budget of steps.
+rate than the head (``backbone_lr_scale``), optionally with layer-wise decay for ViTs
+(block ``i`` of ``L``, 0-based, gets ``decay ** (L - i)``, the patch embedding and tokens
+``decay ** (L + 1)``, the final norm and the head 1; MAE's recipe);
+training from scratch is the same loop on a freshly initialised encoder with
+``backbone_lr_scale=1``, so the two differ only in the starting weights.  Light
+augmentation (random resized crop of area 0.35-1 and flips), AdamW, linear warm-up then
+cosine, a fixed budget of steps.  With ``val_fraction > 0`` a stratified validation split
+is carved from the *training labels* (never the test split); the weights with the best
+validation accuracy are kept (early stopping).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import copy
+import re
 
 import numpy as np
 import torch
@@ -18,6 +26,7 @@ import torch.nn.functional as F
 from selfsup.backbones import Encoder
 from selfsup.features import extract_features
 from selfsup.optim import cosine_schedule, param_groups
+from selfsup.splits import stratified_split
 from selfsup.views import ViewConfig, augment
 
 
@@ -30,6 +39,10 @@ class ClassifierConfig:
     weight_decay: float = 5e-4
     warmup_frac: float = 0.05        # fraction of steps of linear warm-up
     label_smoothing: float = 0.1
+    layer_decay: float | None = None # ViT layer-wise lr decay (e.g. 0.75); None = off
+    val_fraction: float = 0.0        # labels held out for early stopping (0 = off)
+    eval_every: int = 50             # steps between validation checks
+    patience: int = 5                # stop after this many checks without improvement
     seed: int = 0
 
 
@@ -43,17 +56,44 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
+def _layer_scale(name: str, num_blocks: int, decay: float | None) -> float:
+    """lr multiplier of an encoder parameter under layer-wise decay (1 without decay)."""
+    if decay is None or num_blocks == 0:
+        return 1.0
+    m = re.search(r"blocks\.(\d+)\.", name)
+    layer = int(m.group(1)) + 1 if m else (num_blocks + 1 if re.search(r"(^|\.)(norm|fc_norm)\.", name) else 0)
+    return decay ** (num_blocks + 1 - layer)
+
+
+def _encoder_groups(encoder: nn.Module, cfg: ClassifierConfig) -> list[dict]:
+    blocks = {int(m.group(1)) for n, _ in encoder.named_parameters() if (m := re.search(r"blocks\.(\d+)\.", n))}
+    by_scale: dict[float, list] = {}
+    for n, p in encoder.named_parameters():
+        by_scale.setdefault(_layer_scale(n, len(blocks), cfg.layer_decay), []).append((n, p))
+    groups = []
+    for scale, params in by_scale.items():
+        for g in param_groups(params, cfg.weight_decay):
+            g["lr_scale"] = cfg.backbone_lr_scale * scale
+            groups.append(g)
+    return groups
+
+
 def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, num_classes: int,
                      cfg: ClassifierConfig = ClassifierConfig(), *, device: torch.device | str = "cpu",
                      progress: bool = False) -> Classifier:
     """Train ``encoder`` + a linear head on labelled ``images`` (N, H, W, C) uint8."""
     device = torch.device(device)
-    model = Classifier(encoder, num_classes).to(device)
+    val_idx = np.zeros(0, dtype=int)
+    if cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+        if len(val_idx) >= num_classes:  # enough labels to hold some out
+            images, labels, val_images, val_labels = images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+        else:
+            val_idx = np.zeros(0, dtype=int)
     torch.manual_seed(cfg.seed)
+    model = Classifier(encoder, num_classes).to(device)
     nn.init.zeros_(model.head.bias)
-    groups = param_groups(list(model.encoder.named_parameters()), cfg.weight_decay)
-    for g in groups:
-        g["lr_scale"] = cfg.backbone_lr_scale
+    groups = _encoder_groups(model.encoder, cfg)
     groups += [dict(g, lr_scale=1.0) for g in param_groups(list(model.head.named_parameters()),
                                                           cfg.weight_decay)]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=0.0)
@@ -64,6 +104,7 @@ def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, n
     y_all = torch.from_numpy(labels).long()
     bs = min(cfg.batch_size, len(images))
     order, pos = torch.randperm(len(images), generator=gen), 0
+    best, best_state, checks_without_gain = -1.0, None, 0
     model.train()
     steps = range(cfg.steps)
     if progress:
@@ -83,6 +124,17 @@ def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, n
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if len(val_idx) and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            acc = classifier_accuracy(model, val_images, val_labels)
+            model.train()
+            if acc > best:
+                best, best_state, checks_without_gain = acc, copy.deepcopy(model.state_dict()), 0
+            else:
+                checks_without_gain += 1
+                if checks_without_gain >= cfg.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return model
 
