@@ -193,7 +193,7 @@ def _as_encoder(encoder: Encoder | str | Path) -> Encoder:
     return encoder if isinstance(encoder, torch.nn.Module) else load_encoder(encoder)
 
 
-def _dataset_for(encoder: Encoder, data: str | Dataset, **kw) -> Dataset:
+def dataset_for(encoder: Encoder, data: str | Dataset, **kw) -> Dataset:
     if isinstance(data, Dataset):
         ds = data
     else:
@@ -209,7 +209,7 @@ def evaluate(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *, k
              progress: bool = False) -> dict[str, Any]:
     """kNN and linear-probe accuracy of frozen features on a labelled source's test split."""
     enc = _as_encoder(encoder)
-    ds = _dataset_for(enc, data)
+    ds = dataset_for(enc, data)
     if not ds.train.has_labels or ds.test is None or not ds.test.has_labels:
         raise SelfSupError(f"{ds.name} needs labels and a test split to evaluate; use a labelled "
                            "source (shapes, digits, a folder with train/ and test/ class sub-folders)")
@@ -235,7 +235,7 @@ def embed(encoder: Encoder | str | Path, data: str | Dataset, out_dir: str | Pat
           split: str = "train", progress: bool = True) -> dict[str, Path]:
     """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table."""
     enc = _as_encoder(encoder)
-    ds = _dataset_for(enc, data)
+    ds = dataset_for(enc, data)
     part = ds.train if split == "train" else ds.test
     if part is None:
         raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")

@@ -67,6 +67,24 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", required=True, help="output .pt file")
 
 
+def _add_label_efficiency(sub) -> None:
+    p = sub.add_parser("label-efficiency", help="pretrained vs scratch with few labels (several seeds)",
+                       description="The article's Example 3: for each label budget and seed, a stratified "
+                                   "subset of the training labels; pretrained + kNN / linear / fine-tune "
+                                   "against the same backbone trained from scratch with the same labels and "
+                                   "steps. Prints mean +- std; writes JSON, a Markdown table and a plot.")
+    p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
+    p.add_argument("--data", default="shapes", help="labelled data source with a test split (default shapes)")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
+                   help="label budgets as fractions of the training split (default 0.01 0.1 1)")
+    p.add_argument("--per-class", type=int, nargs="+", help="label budgets as labels per class instead")
+    p.add_argument("--seeds", type=int, default=3, help="subsets and trainings per budget (default 3)")
+    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "scratch"],
+                   help="any of knn linear finetune scratch (default all)")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps for fine-tune and scratch (default 500)")
+    p.add_argument("--out", help="output folder (default: the run folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from selfsup import __version__
 
@@ -75,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_eval(sub)
+    _add_label_efficiency(sub)
     sub.add_parser("list", help="list methods (with presets), backbones and data sources")
     p = sub.add_parser("demo", help="SimCLR on shapes, then 1%%/10%%/100%% labels vs training from scratch",
                        description="Pretrain SimCLR on the built-in shapes data without labels, then compare "
@@ -116,6 +135,23 @@ def cmd_evaluate(a) -> None:
     print(json.dumps(res, indent=2))
 
 
+def cmd_label_efficiency(a) -> None:
+    from pathlib import Path
+
+    from selfsup import label_efficiency as le
+    from selfsup.api import dataset_for, load_encoder
+    from selfsup.finetune import ClassifierConfig
+
+    enc = load_encoder(a.run, device="cpu")
+    cfg = le.StudyConfig(fractions=tuple(a.fractions), per_class=tuple(a.per_class) if a.per_class else None,
+                         seeds=a.seeds, protocols=tuple(a.protocols), classifier=ClassifierConfig(steps=a.steps))
+    result = le.run_study(enc, dataset_for(enc, a.data), cfg)
+    out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
+    paths = le.save(result, out)
+    print(le.format_table(result["summary"], result["protocols"]))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 def cmd_list(_a) -> None:
     from selfsup.backbones import BACKBONES
     from selfsup.data import DATASETS
@@ -149,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             from selfsup.api import export_encoder, load_encoder
 
             print(f"wrote {export_encoder(load_encoder(args.run, device='cpu'), args.out)}")
+        elif args.command == "label-efficiency":
+            cmd_label_efficiency(args)
         elif args.command == "list":
             cmd_list(args)
         elif args.command == "demo":

@@ -6,7 +6,8 @@
 3. With 1%, 10% and 100% of the training labels (stratified subsets), compare a linear
    probe on the pretrained encoder with the same backbone trained from scratch on the
    same labels for the same number of steps.
-4. Print the table and write ``report.md``, ``results.json`` and ``embedding_map.png``.
+4. Print the table and write ``report.md``, ``results.json``, ``label_efficiency.*`` and
+   ``embedding_map.png``.
 """
 from __future__ import annotations
 
@@ -18,15 +19,11 @@ import numpy as np
 import torch
 
 from selfsup.api import pretrain, versions
-from selfsup.backbones import create_backbone
 from selfsup.features import extract_features
-from selfsup.finetune import ClassifierConfig, classifier_accuracy, train_classifier
+from selfsup.finetune import ClassifierConfig
 from selfsup.knn import knn_accuracy
-from selfsup.linear import linear_probe_accuracy
-from selfsup.splits import stratified_subset
+from selfsup.label_efficiency import StudyConfig, format_table, fresh_copy, run_study, save
 from selfsup.plots import embedding_map, project_2d
-
-FRACTIONS = (0.01, 0.1, 1.0)
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, quick: bool = False,
@@ -40,62 +37,37 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
                    log=log)
     t_pretrain = time.perf_counter() - t0
     ds, cfg = run.dataset, run.config
-    train, test = ds.train, ds.test
-    classes = train.classes
-    ytr, yte = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
-
-    def fresh_encoder():
-        torch.manual_seed(cfg.train.seed)
-        return create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size,
-                               mean=run.encoder.mean.flatten().tolist(), std=run.encoder.std.flatten().tolist())
-
-    log("extracting features ...")
+    test = ds.test
     enc = run.encoder.cpu().eval()
-    ftr, fte = extract_features(enc, train.images), extract_features(enc, test.images)
-    rnd = fresh_encoder().eval()
-    rtr, rte = extract_features(rnd, train.images), extract_features(rnd, test.images)
-    knn = {"pretrained": knn_accuracy(ftr, ytr, fte, yte), "random init": knn_accuracy(rtr, ytr, rte, yte)}
-    log(f"kNN top-1 (k=20): pretrained {knn['pretrained']:.3f}, random init {knn['random init']:.3f}")
+    study = StudyConfig(seeds=1, protocols=("knn", "linear", "scratch"),
+                        classifier=ClassifierConfig(steps=60 if quick else 500))
+    result_le = run_study(enc, ds, study, log=log)
+    save(result_le, out)
 
-    budget = ClassifierConfig(steps=60 if quick else 500)
-    rows = []
-    for frac in FRACTIONS:
-        idx = stratified_subset(train.labels, frac, seed=0)
-        t1 = time.perf_counter()
-        lin = linear_probe_accuracy(ftr[idx], ytr[idx], fte, yte, num_classes=len(classes))
-        scratch = train_classifier(fresh_encoder(), train.images[idx], train.labels[idx], len(classes), budget)
-        acc_scratch = classifier_accuracy(scratch, test.images, test.labels)
-        rows.append({"fraction": frac, "labels": int(len(idx)), "pretrained_linear": lin,
-                     "pretrained_knn": knn_accuracy(ftr[idx], ytr[idx], fte, yte),
-                     "scratch": acc_scratch, "seconds": time.perf_counter() - t1})
-        log(f"{frac:>5.0%} labels ({len(idx)}): pretrained+linear {lin:.3f} | scratch {acc_scratch:.3f}")
+    rnd = fresh_copy(enc, cfg.train.seed).eval()
+    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(test.labels)
+    fte, rte = extract_features(enc, test.images), extract_features(rnd, test.images)
+    knn = {"pretrained": result_le["summary"][-1]["knn"],  # the 100% row: all training labels
+           "random init": knn_accuracy(extract_features(rnd, ds.train.images), ytr, rte, yte)}
+    log(f"kNN top-1 (k=20): pretrained {knn['pretrained']:.3f}, random init {knn['random init']:.3f}")
 
     log("drawing the embedding map ...")
     sub = np.random.default_rng(0).choice(len(test), size=min(2000, len(test)), replace=False)
     maps = {"SimCLR (t-SNE)": project_2d(fte[sub].numpy(), "tsne"),
             "random init (t-SNE)": project_2d(rte[sub].numpy(), "tsne")}
-    embedding_map(maps, test.labels[sub], classes, out / "embedding_map.png",
+    embedding_map(maps, test.labels[sub], ds.train.classes, out / "embedding_map.png",
                   title="shapes test set, coloured by class")
 
-    result = {"config": cfg.to_dict(), "versions": versions(), "knn": knn, "label_efficiency": rows,
-              "pretrain_seconds": t_pretrain, "total_seconds": time.perf_counter() - t0,
-              "scratch_budget_steps": budget.steps}
+    result = {"config": cfg.to_dict(), "versions": versions(), "knn": knn,
+              "label_efficiency": result_le["summary"], "pretrain_seconds": t_pretrain,
+              "total_seconds": time.perf_counter() - t0, "scratch_budget_steps": study.classifier.steps}
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    table = format_table(rows)
+    table = format_table(result_le["summary"], study.protocols)
     (out / "report.md").write_text(render_report(result, table))
     log("\n" + table)
     log(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'embedding_map.png'} "
         f"in {result['total_seconds']:.0f} s")
     return result
-
-
-def format_table(rows: list[dict]) -> str:
-    lines = ["| labels | n | pretrained + linear | pretrained + kNN | scratch (same backbone) |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['fraction']:.0%} | {r['labels']} | {r['pretrained_linear']:.3f} | "
-                     f"{r['pretrained_knn']:.3f} | {r['scratch']:.3f} |")
-    return "\n".join(lines)
 
 
 def render_report(result: dict, table: str) -> str:
@@ -116,6 +88,8 @@ same backbone at random initialisation {result['knn']['random init']:.3f}.
 Linear probe: standardised frozen features, logistic regression (L2 chosen on a split of
 the training labels). Scratch: the same backbone, randomly initialised, trained on the
 same labels for {result['scratch_budget_steps']} steps with crop/flip augmentation.
+
+![label efficiency](label_efficiency.png)
 
 ![embedding map](embedding_map.png)
 """

@@ -1,0 +1,155 @@
+"""The label-efficiency study (the article's Example 3).
+
+For each label budget -- a fraction of the training labels or a count per class -- and
+each seed, draw a stratified subset of the *training* split and measure test accuracy
+of:
+
+- ``knn``: the pretrained encoder's frozen features, weighted kNN;
+- ``linear``: a linear probe on the frozen features;
+- ``finetune``: the pretrained encoder + a linear head trained end to end (backbone lr
+  x0.1, early stopping on a split of the subset's labels);
+- ``scratch``: the same architecture, randomly initialised, trained by the same loop with
+  the same labels and the same number of steps.
+
+Results are reported as mean +- std over the seeds.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from selfsup.backbones import Encoder, create_backbone
+from selfsup.data import Dataset
+from selfsup.errors import SelfSupError
+from selfsup.features import extract_features
+from selfsup.finetune import ClassifierConfig, classifier_accuracy, train_classifier
+from selfsup.knn import knn_accuracy
+from selfsup.linear import linear_probe_accuracy
+from selfsup.splits import stratified_subset
+
+PROTOCOLS = ("knn", "linear", "finetune", "scratch")
+
+
+@dataclass
+class StudyConfig:
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)   # label budgets as fractions of the train split
+    per_class: tuple[int, ...] | None = None          # ... or as labels per class (overrides fractions)
+    seeds: int = 3                                     # subsets and trainings per budget
+    protocols: tuple[str, ...] = PROTOCOLS
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # fine-tune and scratch budget
+    finetune_backbone_lr_scale: float = 0.1
+
+
+def fresh_copy(encoder: Encoder, seed: int) -> Encoder:
+    """The same architecture and normalisation as ``encoder``, randomly initialised."""
+    kwargs = dict(encoder.kwargs)
+    torch.manual_seed(seed)
+    return create_backbone(encoder.name, in_chans=kwargs.pop("in_chans"), image_size=kwargs.pop("image_size"),
+                           mean=encoder.mean.flatten().tolist(), std=encoder.std.flatten().tolist(), **kwargs)
+
+
+def _budgets(cfg: StudyConfig, labels: np.ndarray) -> list[tuple[str, float]]:
+    if cfg.per_class:
+        counts = np.bincount(labels)
+        return [(f"{k}/class", min(1.0, k / counts.min())) for k in cfg.per_class]
+    return [(f"{f:.0%}", f) for f in cfg.fractions]
+
+
+def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *,
+              log: Callable[[str], None] = print) -> dict:
+    """Run the study; returns ``{"rows": [...], "summary": [...]}`` (see module docs)."""
+    if not ds.train.has_labels or ds.test is None or not ds.test.has_labels:
+        raise SelfSupError(f"{ds.name} needs labels and a test split for a label-efficiency study")
+    unknown = set(cfg.protocols) - set(PROTOCOLS)
+    if unknown:
+        raise SelfSupError(f"unknown protocol {sorted(unknown)[0]!r}; valid: {', '.join(PROTOCOLS)}")
+    train, test = ds.train, ds.test
+    c = len(train.classes)
+    encoder = encoder.cpu().eval()
+    ftr, fte = extract_features(encoder, train.images), extract_features(encoder, test.images)
+    ytr, yte = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
+    rows = []
+    for name, frac in _budgets(cfg, train.labels):
+        for seed in range(cfg.seeds):
+            idx = stratified_subset(train.labels, frac, seed)
+            row = {"budget": name, "fraction": frac, "labels": int(len(idx)), "seed": seed}
+            t0 = time.perf_counter()
+            if "knn" in cfg.protocols:
+                row["knn"] = knn_accuracy(ftr[idx], ytr[idx], fte, yte, num_classes=c)
+            if "linear" in cfg.protocols:
+                row["linear"] = linear_probe_accuracy(ftr[idx], ytr[idx], fte, yte, num_classes=c, seed=seed)
+            clf = replace(cfg.classifier, seed=seed)
+            if "finetune" in cfg.protocols:
+                ft_cfg = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, val_fraction=0.1)
+                model = train_classifier(copy.deepcopy(encoder), train.images[idx], train.labels[idx], c, ft_cfg)
+                row["finetune"] = classifier_accuracy(model, test.images, test.labels)
+            if "scratch" in cfg.protocols:
+                model = train_classifier(fresh_copy(encoder, seed), train.images[idx], train.labels[idx], c,
+                                         replace(clf, val_fraction=0.1))
+                row["scratch"] = classifier_accuracy(model, test.images, test.labels)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            log(f"{name:>8s} seed {seed}: " + ", ".join(f"{p} {row[p]:.3f}" for p in cfg.protocols))
+    return {"rows": rows, "summary": summarise(rows, cfg.protocols),
+            "classifier_steps": cfg.classifier.steps, "protocols": list(cfg.protocols)}
+
+
+def summarise(rows: list[dict], protocols) -> list[dict]:
+    out = []
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        rs = [r for r in rows if r["budget"] == budget]
+        s = {"budget": budget, "labels": rs[0]["labels"], "n_seeds": len(rs)}
+        for p in protocols:
+            vals = np.array([r[p] for r in rs])
+            s[p] = float(vals.mean())
+            s[p + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
+
+def format_table(summary: list[dict], protocols) -> str:
+    names = {"knn": "pretrained + kNN", "linear": "pretrained + linear", "finetune": "pretrained + fine-tune",
+             "scratch": "scratch (same backbone)"}
+    head = "| labels | n | " + " | ".join(names[p] for p in protocols) + " |"
+    lines = [head, "|" + "---|" * (2 + len(protocols))]
+    for s in summary:
+        cells = [f"{s[p]:.3f} +- {s[p + '_std']:.3f}" if s["n_seeds"] > 1 else f"{s[p]:.3f}" for p in protocols]
+        lines.append(f"| {s['budget']} | {s['labels']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], protocols, path: str | Path) -> Path:
+    from selfsup.plots import plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    n = [s["labels"] for s in summary]
+    for p in protocols:
+        ax.errorbar(n, [s[p] for s in summary], yerr=[s[p + "_std"] for s in summary], marker="o",
+                    capsize=3, label=p)
+    ax.set_xscale("log")
+    ax.set_xlabel("number of labels (log)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def save(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "label_efficiency.json", "table": out / "label_efficiency.md",
+             "plot": out / "label_efficiency.png"}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    paths["table"].write_text(format_table(result["summary"], result["protocols"]) + "\n")
+    plot(result["summary"], result["protocols"], paths["plot"])
+    return paths
