@@ -252,3 +252,52 @@ def embed(encoder: Encoder | str | Path, data: str | Dataset, out_dir: str | Pat
         for i, row in enumerate(feats):
             f.write(f"{part.ids[i]},{part.labels[i]}," + ",".join(f"{v:.6g}" for v in row) + "\n")
     return paths
+
+
+SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed", "alignment", "uniformity")
+
+
+def inspect_encoder(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *,
+                    out_dir: str | Path | None = None, transfer_to: str | None = None,
+                    max_samples: int = 5000, projection: str = "tsne") -> dict[str, Any]:
+    """Diagnostics of ``encoder`` next to the same backbone at random initialisation.
+
+    Returns ``{"trained": ..., "random_init": ..., "summary": {metric: [trained, random]}}``;
+    with ``out_dir`` also writes inspect.json, a 2-D map by class, maps by each ground-truth
+    factor and a nearest-neighbour retrieval grid.
+    """
+    from selfsup import diagnostics, plots
+    from selfsup.label_efficiency import fresh_copy
+
+    enc = _as_encoder(encoder).cpu().eval()
+    ds = dataset_for(enc, data)
+    rnd = fresh_copy(enc, 0).eval()
+    trained = diagnostics.inspect(enc, ds, max_samples=max_samples, transfer_to=transfer_to, random_encoder=rnd)
+    random_init = diagnostics.inspect(rnd, ds, max_samples=max_samples)
+    summary = {k: [trained[k], random_init[k]] for k in SUMMARY_KEYS}
+    for name, key in (("dci", "disentanglement"), ("dci", "completeness"), ("dci", "informativeness"),
+                      ("mig", "mig")):
+        if name in trained:
+            summary[key if name == "dci" else "mig"] = [trained[name][key], random_init[name][key]]
+    if "transfer" in trained:
+        summary["transfer"] = trained["transfer"]
+    result = {"trained": trained, "random_init": random_init, "summary": summary,
+              "columns": ["trained", "random init"]}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "inspect.json").write_text(json.dumps(result, indent=2))
+        part = ds.test if ds.test is not None else ds.train
+        sub = np.random.default_rng(0).permutation(len(part))[:min(2000, len(part))]
+        feats = extract_features(enc, part.images[sub]).numpy()
+        xy = plots.project_2d(feats, projection)
+        if part.has_labels:
+            plots.embedding_map({f"{projection} of the representation": xy}, part.labels[sub], part.classes,
+                                out / "map_by_class.png")
+        if part.factors is not None:
+            plots.factor_maps(xy, part.factors[sub], part.factor_names, out / "map_by_factor.png")
+        q = feats[:8] / np.linalg.norm(feats[:8], axis=1, keepdims=True)
+        allf = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        nn_idx = np.argsort(-(q @ allf.T), axis=1)[:, 1:9]  # (8, 8), skipping the query itself
+        plots.retrieval_grid(part.images[sub[:8]], part.images[sub][nn_idx], out / "retrieval.png")
+    return result

@@ -85,6 +85,29 @@ def _add_label_efficiency(sub) -> None:
     p.add_argument("--out", help="output folder (default: the run folder)")
 
 
+def _add_inspect_report(sub) -> None:
+    p = sub.add_parser("inspect", help="how compact, collapsed, aligned, disentangled, transferable",
+                       description="Diagnostics of a frozen encoder's representation: effective rank, "
+                                   "dimensions for 90%% variance, collapse, alignment/uniformity, DCI and "
+                                   "MIG against ground-truth factors (shapes), optional transfer; each "
+                                   "next to the same backbone at random initialisation. Writes "
+                                   "inspect.json and pictures (2-D maps by class and by factor, "
+                                   "nearest-neighbour retrieval).")
+    p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
+    p.add_argument("--data", default="shapes", help="data source to inspect (default shapes)")
+    p.add_argument("--transfer", help="also probe linearly on this other labelled source, e.g. digits")
+    p.add_argument("--max-samples", type=int, default=5000, help="images used (default 5000)")
+    p.add_argument("--projection", default="tsne", choices=["pca", "tsne", "umap"],
+                   help="2-D map: pca, tsne (default) or umap (needs umap-learn)")
+    p.add_argument("--out", help="output folder (default: the run folder)")
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run",
+                       description="Write RUN/report.html: config, environment, training curves, every "
+                                   "JSON result and PNG picture in the run folder, all embedded.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="output .html file (default RUN/report.html)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from selfsup import __version__
 
@@ -94,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_label_efficiency(sub)
+    _add_inspect_report(sub)
     sub.add_parser("list", help="list methods (with presets), backbones and data sources")
     p = sub.add_parser("demo", help="SimCLR on shapes, then 1%%/10%%/100%% labels vs training from scratch",
                        description="Pretrain SimCLR on the built-in shapes data without labels, then compare "
@@ -152,6 +176,23 @@ def cmd_label_efficiency(a) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def cmd_inspect(a) -> None:
+    from pathlib import Path
+
+    from selfsup.api import inspect_encoder
+
+    out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
+    result = inspect_encoder(a.run, a.data, out_dir=out, transfer_to=a.transfer, max_samples=a.max_samples,
+                             projection=a.projection)
+    print(f"{'metric':28s} {'trained':>10s} {'random init':>12s}")
+    for k, v in result["summary"].items():
+        if isinstance(v, list):
+            print(f"{k:28s} {v[0]:>10.4g} {v[1]:>12.4g}")
+        else:
+            print(f"{k:28s} {json.dumps(v)}")
+    print(f"wrote {Path(out) / 'inspect.json'} and pictures in {out}")
+
+
 def cmd_list(_a) -> None:
     from selfsup.backbones import BACKBONES
     from selfsup.data import DATASETS
@@ -187,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {export_encoder(load_encoder(args.run, device='cpu'), args.out)}")
         elif args.command == "label-efficiency":
             cmd_label_efficiency(args)
+        elif args.command == "inspect":
+            cmd_inspect(args)
+        elif args.command == "report":
+            from selfsup.report import write_report
+
+            print(f"wrote {write_report(args.run, args.out)}")
         elif args.command == "list":
             cmd_list(args)
         elif args.command == "demo":
