@@ -74,10 +74,11 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """Four conv stages (widths w, 2w, 4w, 8w), stride-2 between stages, global average pool.
 
-    About 1.2 M parameters at ``width=32``; the fast default for 2-core CPUs.
+    About 0.3 M parameters at the default ``width=16`` (128-d features; ~1300 images/s
+    through a SimCLR step on 2 CPU cores at 32 px), 1.2 M at ``width=32`` (~2.7x slower).
     """
 
-    def __init__(self, in_chans: int = 3, image_size: int = 32, width: int = 32):
+    def __init__(self, in_chans: int = 3, image_size: int = 32, width: int = 16):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -96,8 +97,8 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
-@BACKBONES.register("small_cnn", help="6-layer CNN, 256-d features (CPU default, ~1.2M params)")
-def small_cnn(*, in_chans: int, image_size: int, width: int = 32) -> nn.Module:
+@BACKBONES.register("small_cnn", help="6-layer CNN, 8*width-d features (CPU default: width 16, 0.3M params)")
+def small_cnn(*, in_chans: int, image_size: int, width: int = 16) -> nn.Module:
     return SmallCNN(in_chans, image_size, width)
 
 

@@ -31,7 +31,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    epochs = epochs or (1 if quick else 15)
+    epochs = epochs or (1 if quick else 20)
     num_train = 2000 if quick else None
     run = pretrain("simclr", "shapes", out_dir=str(out / "pretrain"), epochs=epochs, num_train=num_train,
                    log=log)
