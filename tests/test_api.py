@@ -23,7 +23,7 @@ def shapes():
 @pytest.fixture(scope="module")
 def simclr_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return selfsup.pretrain("simclr", "shapes", epochs=8, batch_size=128, num_train=2000, out_dir=str(out),
+    return selfsup.pretrain("simclr", "shapes", epochs=20, batch_size=128, num_train=2000, out_dir=str(out),
                             progress=False, log=lambda s: None, overrides={"backbone_cfg.width": 16})
 
 
@@ -74,10 +74,10 @@ def test_embed_rejects_wrong_channel_count(simclr_run, tmp_path):
 
 
 def test_resume_extends_a_finished_run(simclr_run):
-    run = selfsup.pretrain(out_dir=str(simclr_run.run_dir), resume=True, epochs=9, progress=False,
+    run = selfsup.pretrain(out_dir=str(simclr_run.run_dir), resume=True, epochs=21, progress=False,
                            log=lambda s: None)
-    assert run.config.train.epochs == 9
-    assert run.history[-1]["step"] == 9 * (2000 // 128)
+    assert run.config.train.epochs == 21
+    assert run.history[-1]["step"] == 21 * (2000 // 128)
 
 
 def test_knn_and_linear_probe_agree_with_sklearn():
