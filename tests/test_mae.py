@@ -1,0 +1,296 @@
+"""MAE: position embeddings, masking, the loss on removed patches, training."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup import engine
+from selfsup.backbones import Encoder, create_backbone
+from selfsup.config import RunConfig
+from selfsup.data import create_dataset
+from selfsup.errors import SelfSupError
+from selfsup.features import extract_features
+from selfsup.knn import knn_accuracy
+from selfsup.losses import mae_loss
+from selfsup.methods import create_method
+from selfsup.methods.mae import random_masking, reconstruct, sincos_pos_embed_2d
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared, busy 2-core machine two threads ran these
+    steps several times slower (OpenMP threads wait on each other), and a fixed count
+    keeps the measured numbers reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = dict(depth=2, embed_dim=32, num_heads=2)
+
+
+def make(size=16, channels=3, **options):
+    torch.manual_seed(0)
+    enc = create_backbone("vit_mae_tiny", in_chans=channels, image_size=size, **TINY)
+    options = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, **options}
+    return create_method("mae", enc, options, image_size=size, channels=channels)
+
+
+def images(n=4, size=16, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------ position embeddings
+
+
+def test_sincos_position_embedding_properties():
+    d, gh, gw = 16, 3, 5
+    emb = sincos_pos_embed_2d(d, gh, gw)
+    assert emb.shape == (gh * gw, d)
+    assert emb.abs().max() <= 1.0
+    rows = torch.arange(gh).repeat_interleave(gw)
+    cols = torch.arange(gw).repeat(gh)
+    first, second = emb[:, : d // 2], emb[:, d // 2:]
+    for l in range(gh * gw):  # first half: the column only; second half: the row only
+        assert torch.equal(first[l], first[cols[l]])  # patch cols[l] lies in row 0
+        assert torch.equal(second[l], second[rows[l] * gw])  # patch rows[l]*gw lies in column 0
+    assert len({tuple(r.tolist()) for r in emb}) == gh * gw  # every patch distinct
+    # 1-D code [sin(pos w), cos(pos w)]: at position 0 sines are 0 and cosines 1
+    assert torch.equal(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
+    assert torch.allclose(emb[1, 0], torch.tensor(np.sin(1.0), dtype=torch.float32))  # w_0 = 1
+    with_cls = sincos_pos_embed_2d(d, gh, gw, cls_token=True)
+    assert with_cls.shape == (1 + gh * gw, d) and torch.equal(with_cls[0], torch.zeros(d))
+
+
+def test_position_embeddings_are_fixed_buffers():
+    m = make()
+    for owner in (m.encoder.net, m.decoder):
+        assert "pos_embed" in dict(owner.named_buffers())
+        assert "pos_embed" not in dict(owner.named_parameters())
+        assert not owner.pos_embed.requires_grad
+    names = [n for n, _ in m.trainable_parameters()]
+    assert not any("pos_embed" in n for n in names)
+    assert m.encoder.net.pos_embed.shape == (1, 1 + 16, 32)  # 16 px / patch 4 -> 4x4 grid
+
+
+# ------------------------------------------------------------------------ masking
+
+
+@pytest.mark.parametrize("length,ratio,keep", [(16, 0.75, 4), (16, 0.6, 6), (64, 0.75, 16), (10, 0.0, 10)])
+def test_random_masking_keeps_floor_and_ids_restore_inverts(length, ratio, keep):
+    n, d = 3, 5
+    tokens = torch.randn(n, length, d)
+    noise = torch.rand(n, length, generator=torch.Generator().manual_seed(0))
+    visible, mask, ids_restore = random_masking(tokens, ratio, noise)
+    assert visible.shape == (n, keep, d)
+    assert mask.sum(1).tolist() == [length - keep] * n
+    ids_shuffle = noise.argsort(1)
+    assert torch.equal(ids_shuffle.gather(1, ids_restore), torch.arange(length).expand(n, -1))
+    for i in range(n):
+        kept = noise[i].argsort()[:keep]  # small noise = keep
+        assert torch.equal(visible[i], tokens[i, kept])
+        assert mask[i, kept].sum() == 0 and mask[i].sum() == length - keep
+
+
+def test_positions_are_added_before_masking():
+    """With nothing removed the shuffled encoder sees the same tokens with the same
+    positions, so its CLS equals the full-image CLS: positions travel with the patches."""
+    net = make().encoder.net.eval()
+    x = images(2)
+    noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(1))
+    latent, mask, _ = net.forward_masked(x, 0.0, noise)
+    assert mask.sum() == 0
+    assert torch.allclose(latent[:, 0], net(x), atol=1e-5)
+
+
+# ------------------------------------------------------------------------- the loss
+
+
+def test_patch_vectors_are_ordered_p_q_c_and_match_the_token_order():
+    m = make(size=8)  # patch 2 at 8 px: grid 4x4
+    x = images(1, size=8)
+    t = m.targets(x)
+    p, c, grid = 2, 3, 4
+    assert m.patch_size == p and t.shape == (1, grid * grid, p * p * c)
+    for l in range(grid * grid):
+        row, col = divmod(l, grid)  # patches row-major
+        for r in range(p):
+            for q in range(p):
+                for ch in range(c):
+                    assert t[0, l, (r * p + q) * c + ch] == x[0, ch, row * p + r, col * p + q]
+    conv = m.encoder.net.patch_embed
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0  # token dim 0 = channel 0, pixel (0, 0) of the patch
+    tokens = conv(x).flatten(2).transpose(1, 2)  # (1, L, D), the order forward uses
+    assert torch.equal(tokens[0, :, 0], t[0, :, 0])
+
+
+def capture(m, monkeypatch, change=None):
+    """Record (pred, mask, target) of the next training step; ``change(pred, mask)`` may
+    edit the prediction before the loss sees it."""
+    seen = {}
+    forward_masked, decoder = m.encoder.net.forward_masked, m.decoder.forward
+
+    def masked(*a):
+        latent, mask, ids = forward_masked(*a)
+        seen["mask"] = mask
+        return latent, mask, ids
+
+    def decode(*a):
+        pred = decoder(*a)
+        return change(pred, seen["mask"]) if change else pred
+
+    monkeypatch.setattr(m.encoder.net, "forward_masked", masked)
+    monkeypatch.setattr(m.decoder, "forward", decode)
+    return seen
+
+
+def test_loss_ignores_predictions_of_visible_patches(monkeypatch):
+    m = make()
+    x = images()
+    base, _ = m.training_step(x, torch.Generator().manual_seed(5))
+
+    def at_visible(pred, mask):
+        return pred + 100.0 * torch.randn_like(pred) * (1 - mask).unsqueeze(-1)
+
+    capture(m, monkeypatch, at_visible)
+    changed, _ = m.training_step(x, torch.Generator().manual_seed(5))
+    assert changed.item() == pytest.approx(base.item(), rel=1e-6)
+
+    capture(m, monkeypatch, lambda pred, mask: pred + mask.unsqueeze(-1))  # removed patches
+    moved, _ = m.training_step(x, torch.Generator().manual_seed(5))
+    assert abs(moved.item() - base.item()) > 0.1
+
+
+def test_loss_is_mae_loss_on_the_patchified_view_with_norm_pix(monkeypatch):
+    for norm_pix in (True, False):
+        m = make(norm_pix_loss=norm_pix, views={"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0],
+                                                "flip_p": 0.0})  # identity view
+        seen = capture(m, monkeypatch, lambda pred, mask: seen.setdefault("pred", pred))
+        x = images()
+        loss, _ = m.training_step(x, torch.Generator().manual_seed(0))
+        assert seen["mask"].sum(1).tolist() == [12.0] * 4  # 16 patches, 0.75 removed
+        expected = mae_loss(seen["pred"], m.targets(x), seen["mask"], norm_pix)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------- training
+
+
+def test_forward_backward_reaches_every_parameter():
+    m = make()
+    loss, logs = m.training_step(images(), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and "z_std" in logs
+    loss.backward()
+    for name, p in m.trainable_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert m.decoder.mask_token.grad.abs().sum() > 0
+
+
+def test_encoder_contract_cls_after_norm():
+    m = make()
+    enc = m.encoder.eval()
+    assert isinstance(enc, Encoder) and enc.num_features == 32 and enc.net.patch_size == 4
+    x = images(2)
+    tokens = enc.forward_tokens(x)
+    assert tokens.shape == (2, 17, 32)
+    assert torch.equal(enc(x), tokens[:, 0])
+    assert torch.allclose(tokens.mean(-1), torch.zeros(2, 17), atol=1e-4)  # LayerNorm'd, bias 0 at init
+    assert enc(images(2, size=32)).shape == (2, 32)  # another size: positions computed on the fly
+
+
+def test_mae_needs_an_mae_backbone():
+    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+    with pytest.raises(SelfSupError, match="mae needs backbone vit_mae_tiny or vit_mae_small; got small_cnn"):
+        create_method("mae", enc, {}, image_size=16, channels=3)
+    with pytest.raises(SelfSupError, match="mask_ratio"):
+        make(mask_ratio=1.0)
+
+
+def test_reconstruct_undoes_norm_pix_and_pastes_visible_patches(monkeypatch):
+    m = make()
+    x = images(3)
+    orig, masked, recon = reconstruct(m, x, torch.Generator().manual_seed(0))
+    assert orig.shape == masked.shape == recon.shape == x.shape
+    assert 0 <= float(recon.min()) and float(recon.max()) <= 1
+    visible = masked != 0.5
+    assert torch.equal(recon[visible], x[visible])
+    assert (masked == 0.5).float().mean().item() == pytest.approx(0.75, abs=0.01)
+    # a perfect norm-pix prediction reconstructs the original exactly
+    t = m.targets(x)
+    perfect = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
+    monkeypatch.setattr(m.decoder, "forward", lambda *a: perfect)
+    _, _, recon = reconstruct(m, x, torch.Generator().manual_seed(0))
+    assert torch.allclose(recon, x, atol=1e-5)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    data = (np.random.default_rng(0).random((64, 16, 16, 3)) * 255).astype(np.uint8)
+
+    def run(path, max_steps=None, resume=False):
+        m = make()
+        cfg = RunConfig(method="mae", backbone="vit_mae_tiny")
+        cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 16, False
+        cfg.train.max_steps = max_steps
+        cfg.optim.warmup_epochs, cfg.optim.betas = 1, (0.9, 0.95)
+        engine.train(m, data, cfg, path, resume=resume, log=lambda s: None)
+        return m
+
+    full = run(tmp_path / "full")
+    part = run(tmp_path / "part", max_steps=5)
+    torch.manual_seed(123)
+    resumed = run(tmp_path / "part", resume=True)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(part.state_dict()["decoder.mask_token"], a["decoder.mask_token"])
+
+
+# ------------------------------------------------------------------------- learns
+
+
+def knn_cls(encoder, ds):
+    train = extract_features(encoder, ds.train.images)  # CLS after the final norm
+    test = extract_features(encoder, ds.test.images)
+    return knn_accuracy(train, torch.from_numpy(ds.train.labels), test, torch.from_numpy(ds.test.labels))
+
+
+@torch.no_grad()
+def held_out_loss(m, images_nhwc):
+    m.eval()
+    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float() / 255
+    pred, mask, _ = m.masked_forward(x, torch.Generator().manual_seed(0))
+    loss = mae_loss(pred, m.targets(x), mask, norm_pix=True).item()
+    m.train()
+    return loss
+
+
+@pytest.mark.slow
+def test_mae_learns_to_fill_in_removed_patches_of_held_out_shapes(tmp_path):
+    """MAE's pretext task, on test images it never saw: the masked-patch loss falls far
+    below its value at initialisation and below predicting the patch mean (0 in norm-pix
+    units, loss (P-1)/P ~ 0.98).  kNN of the CLS token is printed, not asserted: in the
+    budget of a CPU test it stays at the random-init level (MAE is weak under kNN and
+    linear evaluation by design; see the method's docstring)."""
+    start = time.perf_counter()
+    ds = create_dataset("shapes", num_train=1500, num_test=500, image_size=16, cache_dir=tmp_path)
+    torch.manual_seed(0)
+    enc = create_backbone("vit_mae_tiny", in_chans=3, image_size=16, depth=4, embed_dim=128, num_heads=4)
+    m = create_method("mae", enc, {"decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
+                      image_size=16, channels=3)
+    before, knn_before = held_out_loss(m, ds.test.images), knn_cls(m.encoder, ds)
+    cfg = RunConfig(method="mae", backbone="vit_mae_tiny")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 8, 64, False
+    cfg.optim.base_lr, cfg.optim.warmup_epochs = 6e-3, 1
+    cfg.optim.betas, cfg.optim.weight_decay = (0.9, 0.95), 0.05
+    engine.train(m, ds.train.images, cfg, tmp_path / "run", log=lambda s: None)
+    after, knn_after = held_out_loss(m, ds.test.images), knn_cls(m.encoder, ds)
+    print(f"MAE held-out masked loss {before:.3f} -> {after:.3f}; kNN(CLS) random init "
+          f"{knn_before:.3f}, trained {knn_after:.3f}; {time.perf_counter() - start:.0f} s")
+    assert after < 0.8 * min(before, 47 / 48)
