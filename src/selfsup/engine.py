@@ -2,7 +2,8 @@
 
 Per step: LR and weight decay from precomputed schedules, the method's loss under AMP
 (CUDA only), a guard that stops on a non-finite loss *before* anything is written,
-optional gradient clipping, the optimizer step and the method's post-step hook (EMA).
+optional gradient clipping, the method's pre-step hook (gradient edits), the optimizer
+step and the method's post-step hook (EMA).
 Checkpoints are atomic and hold everything needed to continue the same run exactly:
 model and method state (targets, queues, centres), optimizer, AMP scaler, step, and the
 RNG states; the data order is a pure function of (seed, epoch).
@@ -176,9 +177,10 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
                     f"optim.clip_grad")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # true gradients for clipping and the hook (no-op without AMP)
             if oc.clip_grad > 0:
-                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_([p for _, p in method.trainable_parameters()], oc.clip_grad)
+            method.before_optimizer_step()
             scaler.step(optimizer)
             scaler.update()
             method.after_optimizer_step(step)

@@ -5,7 +5,9 @@ of its training state (EMA targets, queues, centres) as submodules and buffers, 
 ``state_dict`` saves and restores everything on resume.  The engine calls, per step::
 
     loss, logs = method.training_step(images, generator)   # images: (N, C, H, W) in [0, 1]
-    ... backward, optimizer step ...
+    ... backward (and the optional global gradient clip) ...
+    method.before_optimizer_step()                          # gradient edits (unscaled grads)
+    ... optimizer step ...
     method.after_optimizer_step(step)                       # EMA updates and the like
 
 ``setup_schedules(total_steps, steps_per_epoch)`` is called once before training with the
@@ -47,6 +49,11 @@ class Method(nn.Module):
     def training_step(self, x: torch.Tensor, generator: torch.Generator
                       ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward and the optional global clip, before the optimizer step;
+        gradients are unscaled (AMP) by then. For method-specific gradient edits (DINO's
+        per-tensor clipping). Default: nothing."""
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:

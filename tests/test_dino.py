@@ -1,0 +1,397 @@
+"""DINO: head, teacher, centre, schedules, frozen last layer, clipping, collapse, attention."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup import engine
+from selfsup.api import build_config, channel_stats
+from selfsup.backbones import create_backbone
+from selfsup.config import RunConfig
+from selfsup.data import create_dataset
+from selfsup.errors import SelfSupError
+from selfsup.features import extract_features
+from selfsup.knn import knn_accuracy
+from selfsup.losses import dino_center_update, dino_loss
+from selfsup.methods import create_method
+from selfsup.methods.dino import DINO, attention_maps, last_block_attention
+from selfsup.monitor import normalized_std
+
+SMALL = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local": 2}
+BACKBONES = {"small_cnn": {"width": 8}, "vit_tiny": {"depth": 2, "patch_size": 4}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads ran a DINO step 30x
+    slower (1.5 s vs 0.05 s), and a fixed count keeps the measured numbers reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(backbone="small_cnn", size=16, **options) -> DINO:
+    torch.manual_seed(0)
+    enc = create_backbone(backbone, in_chans=3, image_size=size, **BACKBONES[backbone])
+    return create_method("dino", enc, {**SMALL, **options}, image_size=size, channels=3)
+
+
+def images(n=64, size=16, seed=0):
+    return (np.random.default_rng(seed).random((n, size, size, 3)) * 255).astype(np.uint8)
+
+
+def run_config(tmp_path, **train) -> RunConfig:
+    cfg = RunConfig(method="dino")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 16, False
+    cfg.train.out_dir = str(tmp_path)
+    cfg.optim.warmup_epochs = 1
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def quiet(_):
+    pass
+
+
+# ------------------------------------------------------------------ forward / backward
+
+
+@pytest.mark.parametrize("backbone,head_bn", [("small_cnn", False), ("small_cnn", True), ("vit_tiny", False)])
+def test_forward_backward_gradients_only_into_the_student(backbone, head_bn):
+    m = make(backbone, freeze_last_layer=0, head_bn=head_bn)
+    x = torch.rand(4, 3, 16, 16)
+    student, teacher = m.crops(x, torch.Generator().manual_seed(0))
+    assert len(student) == 4 and len(teacher) == 2
+    assert all(s.shape == (4, 64) for s in student + teacher)
+    assert m.local_size == 8
+
+    loss, logs = m.training_step(x, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    names = [n for n, _ in m.trainable_parameters()]
+    assert names and not any(n.startswith("teacher") for n in names)
+    for n, p in m.trainable_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    for n, p in m.named_parameters():
+        if n.startswith("teacher"):
+            assert not p.requires_grad and p.grad is None, n
+    assert set(logs) >= {"teacher_entropy", "kl", "ln_k"}
+    # the DINO cross-entropy splits into teacher entropy + KL
+    assert loss.item() == pytest.approx(logs["teacher_entropy"] + logs["kl"], rel=1e-4)
+
+
+def test_teacher_starts_as_a_copy_and_has_no_stochastic_depth():
+    m = make("vit_tiny", freeze_last_layer=0)
+    s, t = dict(m.encoder.named_parameters()), dict(m.teacher_encoder.named_parameters())
+    assert s.keys() == t.keys() and all(torch.equal(s[k], t[k]) for k in s)
+    assert torch.equal(m.head.last_layer, m.teacher_head.last_layer)
+    enc = create_backbone("vit_tiny", in_chans=3, image_size=16, depth=2, patch_size=4, drop_path=0.2)
+    m = create_method("dino", enc, SMALL, image_size=16, channels=3)
+    assert any(getattr(mod, "drop_prob", 0) > 0 for mod in m.encoder.modules())
+    assert all(getattr(mod, "drop_prob", 0) == 0 for mod in m.teacher_encoder.modules())
+
+
+def test_head_is_weight_normalised_with_norm_one():
+    m = make(freeze_last_layer=0)
+    h = torch.randn(5, m.encoder.num_features)
+    with torch.no_grad():
+        m.head.last_layer.mul_(7.0)  # the scale of v does not matter, only its direction
+        out = m.head(h)
+        z = torch.nn.functional.normalize(m.head.mlp(h), dim=-1)
+        w = m.head.last_layer / m.head.last_layer.norm(dim=1, keepdim=True)
+    assert torch.allclose(out, z @ w.T, atol=1e-6)
+    assert out.abs().max() <= 1 + 1e-6  # cosine similarities to unit prototypes
+    assert not any("weight_g" in n for n, _ in m.named_parameters())  # g fixed at 1: no parameter
+
+
+# -------------------------------------------------------------------------- closed form
+
+
+def test_uniform_student_and_teacher_give_ln_k_through_the_method():
+    m = make(freeze_last_layer=0)
+    with torch.no_grad():  # every prototype equal: all K logits equal for any input
+        for head in (m.head, m.teacher_head):
+            head.last_layer.copy_(torch.randn(1, head.last_layer.shape[1]).expand_as(head.last_layer))
+    loss, logs = m.training_step(torch.rand(4, 3, 16, 16), torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(math.log(64), abs=1e-5)
+    assert logs["ln_k"] == pytest.approx(math.log(64))
+    assert logs["teacher_entropy"] == pytest.approx(math.log(64), abs=1e-5)
+    assert logs["kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_centre_is_updated_after_the_loss_with_the_old_centre():
+    m = make(freeze_last_layer=0, center_momentum=0.8)
+    c0 = torch.randn(1, 64) * 0.1
+    m.center.copy_(c0)
+    x = torch.rand(4, 3, 16, 16)
+    loss, _ = m.training_step(x, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        student, teacher = m.crops(x, torch.Generator().manual_seed(3))  # the same crops again
+        expected = dino_loss(student, teacher, c0, 0.1, 0.04)
+        with_new = dino_loss(student, teacher, m.center, 0.1, 0.04)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(loss.item() - with_new.item()) > 1e-4  # the new centre would give another loss
+    assert torch.allclose(m.center, dino_center_update(c0, teacher, 0.8), atol=1e-6)
+    assert torch.allclose(m.center, 0.8 * c0 + 0.2 * torch.cat(teacher).mean(0, keepdim=True), atol=1e-6)
+
+
+def test_without_centering_the_loss_ignores_the_centre():
+    m = make(freeze_last_layer=0, centering=False)
+    m.center.fill_(0.5)
+    x = torch.rand(4, 3, 16, 16)
+    loss, _ = m.training_step(x, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        student, teacher = m.crops(x, torch.Generator().manual_seed(1))
+    assert loss.item() == pytest.approx(dino_loss(student, teacher, torch.zeros(1, 64)).item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_teacher_temperature_momentum_and_freeze_schedules():
+    m = make(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=3,
+             momentum_teacher=0.996, freeze_last_layer=2)
+    m.setup_schedules(100, 10)
+    temp, mom = m.teacher_temp_schedule, m.momentum_schedule
+    assert len(temp) == len(mom) == 100
+    assert temp[0] == pytest.approx(0.04) and temp[29] == pytest.approx(0.07)  # reached at warm-up's end
+    assert temp[-1] == pytest.approx(0.07) and np.all(np.diff(temp) >= 0)
+    assert mom[0] == pytest.approx(0.996) and mom[-1] == pytest.approx(1.0) and np.all(np.diff(mom) >= 0)
+    assert m.freeze_steps == 20
+
+
+def test_ema_uses_the_scheduled_momentum_and_counts_steps():
+    m = make(freeze_last_layer=0)
+    m.setup_schedules(10, 5)
+    with torch.no_grad():
+        for p in [*m.encoder.parameters(), *m.head.parameters()]:
+            p.add_(torch.randn_like(p))
+    student = [p.clone() for p in [*m.encoder.parameters(), *m.head.parameters()]]
+    teacher = [p.clone() for p in [*m.teacher_encoder.parameters(), *m.teacher_head.parameters()]]
+    m.step.fill_(4)
+    m.after_optimizer_step(4)
+    mom = m.momentum_schedule[4]
+    assert 0.996 < mom < 1.0
+    for s, t0, t in zip(student, teacher, [*m.teacher_encoder.parameters(), *m.teacher_head.parameters()]):
+        assert torch.allclose(t, mom * t0 + (1 - mom) * s, atol=1e-6)
+    assert m.step.item() == 5 and m.step.dtype == torch.long
+
+
+# ------------------------------------------------------------------ gradient clipping
+
+
+def test_gradients_are_clipped_per_parameter_tensor():
+    m = make(clip_grad=3.0)
+    params = [p for _, p in m.trainable_parameters()]
+    big, small = params[0], params[1]
+    big.grad = torch.full_like(big, 1.0) * (30.0 / math.sqrt(big.numel()))  # norm 30
+    small.grad = torch.full_like(small, 1.0) * (1.0 / math.sqrt(small.numel()))  # norm 1
+    direction = big.grad / big.grad.norm()
+    kept = small.grad.clone()
+    m.before_optimizer_step()
+    assert big.grad.norm().item() == pytest.approx(3.0, rel=1e-5)  # clipped alone, not globally
+    assert torch.allclose(big.grad / big.grad.norm(), direction)
+    assert torch.equal(small.grad, kept)
+
+    m = make(clip_grad=0.0)
+    p = next(iter(m.parameters()))
+    p.grad = torch.full_like(p, 100.0)
+    m.before_optimizer_step()
+    assert torch.all(p.grad == 100.0)
+
+
+def test_engine_calls_the_pre_step_hook_between_backward_and_step(tmp_path):
+    m = make()
+    calls = []
+    original = m.before_optimizer_step
+
+    def hook():
+        p = m.encoder.net.features[0][0].weight
+        calls.append(p.grad is not None)
+        original()
+
+    m.before_optimizer_step = hook
+    engine.train(m, images(), run_config(tmp_path, epochs=1), tmp_path, log=quiet)
+    assert calls == [True] * 4
+
+
+# ---------------------------------------------------------------- frozen last layer
+
+
+def test_last_layer_is_frozen_during_the_first_epoch_only(tmp_path):
+    m = make(freeze_last_layer=1)
+    v0, t0 = m.head.last_layer.detach().clone(), m.teacher_head.last_layer.detach().clone()
+    others = {n: p.detach().clone() for n, p in m.trainable_parameters() if n != "head.last_layer"}
+    data = images()
+    engine.train(m, data, run_config(tmp_path, max_steps=4), tmp_path, log=quiet)  # 4 steps = 1 epoch
+    assert torch.equal(m.head.last_layer, v0)
+    assert torch.allclose(m.teacher_head.last_layer, t0, atol=1e-6)  # EMA of an unchanged layer
+    changed = {n for n, p in m.trainable_parameters() if n in others and not torch.equal(p, others[n])}
+    assert changed == set(others)  # every other student parameter moved
+
+    engine.train(m, data, run_config(tmp_path), tmp_path, resume=True, log=quiet)
+    assert m.step.item() == 8
+    assert not torch.equal(m.head.last_layer, v0)  # trained from the second epoch on
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    data = images()
+    full = make(freeze_last_layer=1)
+    engine.train(full, data, run_config(tmp_path / "full"), tmp_path / "full", log=quiet)
+
+    part = make(freeze_last_layer=1)
+    engine.train(part, data, run_config(tmp_path / "part", max_steps=5), tmp_path / "part", log=quiet)
+    assert part.step.item() == 5
+    resumed = make(freeze_last_layer=1)
+    torch.manual_seed(123)  # the global RNG must not matter after resume
+    engine.train(resumed, data, run_config(tmp_path / "part"), tmp_path / "part", resume=True, log=quiet)
+
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert {"center", "step", "teacher_head.last_layer"} <= set(a)
+    assert any(k.startswith("teacher_encoder.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert a["step"].item() == 8 and a["center"].abs().sum() > 0
+    assert not torch.equal(part.state_dict()["center"], a["center"])
+
+
+# ----------------------------------------------------------------------------- collapse
+
+
+def collapse_run(tmp_path, centering: bool):
+    ds = create_dataset("shapes", num_train=256, num_test=8, image_size=16)
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=8)
+    options = {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32, "n_local": 0,
+               "momentum_teacher": 0.9, "centering": centering}
+    m = create_method("dino", enc, options, image_size=16, channels=3)
+    cfg = run_config(tmp_path, epochs=6, batch_size=32, log_every=1)
+    cfg.optim.base_lr, cfg.optim.warmup_epochs = 4e-3, 0
+    return engine.train(m, ds.train.images, cfg, tmp_path, log=quiet)
+
+
+def test_without_centering_the_monitor_reports_collapse(tmp_path):
+    # measured: without centering the teacher entropy falls from 1.3 to 0.00 nats (one-hot
+    # teacher) by step 8 and stays there; with centering its minimum is 0.3 (threshold
+    # 0.05 ln 64 = 0.21) and it ends near 4.0: 48 logged steps, about 3 s per run
+    collapsed = collapse_run(tmp_path / "off", centering=False)
+    assert any(r["collapse_suspected"] for r in collapsed)
+    assert collapsed[-1]["teacher_entropy"] < 0.01 and collapsed[-1]["kl"] < 0.01
+    healthy = collapse_run(tmp_path / "on", centering=True)
+    assert len(healthy) == len(collapsed) == 48
+    assert not any(r["collapse_suspected"] for r in healthy)
+    assert healthy[-1]["teacher_entropy"] > 1.0
+
+
+# ------------------------------------------------------------------------------ presets
+
+
+def test_presets_build():
+    for preset in ("cpu", "gpu"):
+        cfg = build_config("dino", preset=preset)
+        assert cfg.optim.name == "adamw" and cfg.optim.weight_decay == 0.04
+        assert cfg.optim.weight_decay_end == 0.4
+    cpu = build_config("dino", preset="cpu")
+    assert cpu.backbone == "small_cnn" and cpu.method_cfg["head_bn"] is True
+    gpu = build_config("dino", preset="gpu")
+    assert gpu.backbone == "vit_small" and gpu.method_cfg["n_local"] == 8
+    assert gpu.method_cfg["teacher_temp"] <= 0.07
+    enc = create_backbone(gpu.backbone, in_chans=3, image_size=32, depth=1, **gpu.backbone_cfg)
+    m = create_method("dino", enc, gpu.method_cfg, image_size=32, channels=3)
+    assert m.head.last_layer.shape == (4096, 256) and m.local_size == 16
+    with pytest.raises(SelfSupError, match="positive"):
+        make(teacher_temp=0.0)
+
+
+# ---------------------------------------------------------------------- attention maps
+
+
+def test_attention_maps_of_a_vit():
+    m = make("vit_tiny")
+    x = torch.rand(2, 3, 16, 16)
+    maps = attention_maps(m.encoder, x)
+    assert maps.shape == (2, 3, 4, 4)  # (N, heads, 16/4, 16/4)
+    patch_sums = maps.sum(dim=(2, 3))
+    assert torch.all(maps >= 0) and torch.all(patch_sums <= 1 + 1e-6)
+    attn = last_block_attention(m.encoder, x)  # (N, heads, T, T)
+    assert attn.shape == (2, 3, 17, 17)
+    assert torch.allclose(attn.sum(-1), torch.ones(2, 3, 17), atol=1e-5)  # CLS column included
+    assert torch.allclose(patch_sums + attn[:, :, 0, 0], torch.ones(2, 3), atol=1e-5)
+    assert m.encoder.training  # the mode is restored
+
+    # the same matrix reproduces timm's attention output of the last block
+    block = m.encoder.net.vit.blocks[-1]
+    seen = []
+    handle = block.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    m.encoder.eval()
+    with torch.no_grad():
+        m.encoder.forward_tokens(x)
+        handle.remove()
+        y = block.norm1(seen[0])
+        n, t, d = y.shape
+        v = block.attn.qkv(y).reshape(n, t, 3, 3, d // 3).permute(2, 0, 3, 1, 4)[2]  # (N, heads, T, hd)
+        ours = block.attn.proj((attn @ v).transpose(1, 2).reshape(n, t, d))
+        assert torch.allclose(ours, block.attn(y), atol=1e-5)
+
+
+def test_attention_maps_need_a_vit():
+    m = make("small_cnn")
+    with pytest.raises(SelfSupError, match="attention maps need a ViT backbone"):
+        attention_maps(m.encoder, torch.rand(1, 3, 16, 16))
+
+
+# ------------------------------------------------------------------------------- learns
+
+
+@pytest.mark.slow
+def test_dino_trains_healthily_on_shapes(tmp_path):
+    """A short CPU run on shapes: DINO leaves the uniform start (loss clearly below ln K,
+    teacher neither uniform nor one-hot, no collapse flagged) and spreads the backbone
+    features out, which are all moved by training.
+
+    Measured (1 thread, busy 2-core machine, 29 s): loss 5.42 -> 5.06 (ln K 5.55), teacher
+    entropy 3.65 -> 3.89 nats, feature spread (normalized_std) 0.24 -> 0.66.  Not asserted:
+    a kNN gain over random init -- kNN on the shape labels was 0.136 vs 0.152 at random
+    init here, and stayed within +-0.02 of random init in every DINO setting tried within
+    a CPU budget (up to 450 steps); DINO's clusters follow the colour and texture the
+    crops of one image share, not the shape.
+    """
+    ds = create_dataset("shapes", num_train=1500, num_test=500)
+    mean, std = channel_stats(ds.train.images)
+    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+
+    def measure(enc):
+        ftr, fte = extract_features(enc, ds.train.images), extract_features(enc, ds.test.images)
+        return knn_accuracy(ftr, ytr, fte, yte), normalized_std(fte)
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=32, width=16, mean=mean, std=std)
+    knn_random, spread_random = measure(enc)
+    options = {"out_dim": 256, "n_local": 2, "head_bn": True, "momentum_teacher": 0.99}
+    m = create_method("dino", enc, options, image_size=32, channels=3)
+    cfg = run_config(tmp_path, epochs=5, batch_size=128, log_every=5)
+    cfg.optim.base_lr, cfg.optim.weight_decay, cfg.optim.weight_decay_end = 2e-3, 0.04, 0.4
+    history = engine.train(m, ds.train.images, cfg, tmp_path, log=quiet)
+    knn_dino, spread_dino = measure(m.encoder)
+    seconds = time.perf_counter() - start
+    ln_k = math.log(256)
+    print(f"kNN DINO {knn_dino:.3f} vs random {knn_random:.3f}; feature spread {spread_dino:.3f} vs "
+          f"{spread_random:.3f}; loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} "
+          f"(ln K {ln_k:.3f}); teacher entropy {[round(r['teacher_entropy'], 2) for r in history]}; "
+          f"{seconds:.0f} s")
+    assert not any(r["collapse_suspected"] for r in history)
+    last = history[-1]
+    assert last["loss"] < ln_k - 0.3 and last["kl"] > 0.1
+    assert 0.2 * ln_k < last["teacher_entropy"] < 0.9 * ln_k
+    assert spread_dino > spread_random + 0.2
