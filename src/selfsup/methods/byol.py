@@ -1,0 +1,104 @@
+"""BYOL (Grill et al. 2020): bootstrap your own latent, no negatives.
+
+The online network (encoder -> projector -> predictor) predicts the target network's
+projection of the other view; the target (encoder -> projector) is an EMA of the online
+one and never receives gradients.  Loss per sample ``2 - 2 cos(p, sg(z'))``, symmetrised
+and summed over the two directions (range [0, 8], :func:`losses.byol_loss`).
+Downstream tasks use ``h = f(x)``, never ``z`` or ``p``.
+
+Projector and predictor: Linear(d, h) - BN - ReLU - Linear(h, p) (h=4096, p=256 at
+ImageNet scale).  The predictor's BatchNorm matters: without it BYOL collapses easily
+at small scale, which ``predictor_bn=False`` (and ``projector_bn=False``) exist to
+demonstrate; the ``z_std`` log (normalised std of the online projections) lets the
+engine's collapse monitor see it.
+
+Target EMA after each optimizer step with ``tau_k = 1 - (1 - tau_0)(cos(pi k / K) + 1) / 2``
+(k the step, K the run's total steps): tau_0 at the start, 1 at the end.  Parameters
+only: the target runs in training mode (batch statistics) and keeps its own BN buffers.
+
+Views are asymmetric (view 1 always blurred, view 2 sometimes solarized; no blur at
+<= 32 px).  As in the authors' JAX code, each view goes through the networks in its own
+forward pass, so BatchNorm statistics are per view.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from selfsup.losses import byol_loss
+from selfsup.methods.base import METHODS, Method, momentum_update
+from selfsup.methods.simclr import build_views
+from selfsup.monitor import normalized_std
+from selfsup.views import augment, byol_views
+
+
+def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
+    """BYOL projector / predictor: Linear(d, h) - BN - ReLU - Linear(h, out)."""
+    norm = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), norm, nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))
+
+
+@dataclass
+class BYOLConfig:
+    hidden_dim: int = 1024             # MLP hidden width of projector and predictor; 4096 at ImageNet scale
+    proj_dim: int = 256                # output dimension of z and p
+    tau: float = 0.99                  # base target EMA tau_0, cosine to 1; 0.996 for 1000 epochs, 0.97 for 40
+    predictor_bn: bool = True          # False removes the predictor's BN: collapses at small scale (demo only)
+    projector_bn: bool = True          # False removes the projector's BN (demo only)
+    views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, applied to both views
+
+
+@METHODS.register("byol", help="BYOL: predict an EMA target's projection of the other view, no negatives")
+class BYOL(Method):
+    Config = BYOLConfig
+    min_batch_size = 2  # BatchNorm in the heads needs at least two samples
+    presets = {
+        "cpu": {"optim.name": "adamw", "optim.base_lr": 2e-3, "optim.weight_decay": 1e-4,
+                "optim.warmup_epochs": 1, "train.batch_size": 256, "train.epochs": 15},
+        # CIFAR-scale recipe: ResNet-18, LARS 0.2 x bs/256 (paper's 0.2 per 256 with LARS), wd 1.5e-6
+        "gpu": {"backbone": "resnet18", "optim.name": "lars", "optim.base_lr": 0.2,
+                "optim.lr_scaling": "linear", "optim.weight_decay": 1.5e-6, "optim.warmup_epochs": 10,
+                "train.batch_size": 512, "train.epochs": 300,
+                "method_cfg.hidden_dim": 4096, "method_cfg.proj_dim": 256, "method_cfg.tau": 0.99},
+    }
+
+    def __init__(self, encoder, cfg: BYOLConfig, *, image_size: int, channels: int):
+        super().__init__(encoder, cfg, image_size=image_size, channels=channels)
+        d = encoder.num_features
+        self.projector = byol_mlp(d, cfg.hidden_dim, cfg.proj_dim, cfg.projector_bn)
+        self.predictor = byol_mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, cfg.predictor_bn)
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_projector = copy.deepcopy(self.projector)
+        for p in [*self.target_encoder.parameters(), *self.target_projector.parameters()]:
+            p.requires_grad_(False)
+        view1, view2 = byol_views()
+        self.view1 = build_views(view1, image_size, cfg.views)
+        self.view2 = build_views(view2, image_size, cfg.views)
+
+    def target_momentum(self, step: int) -> float:
+        """tau_k = 1 - (1 - tau_0)(cos(pi k / K) + 1) / 2: tau_0 at k=0, 1 at k=K."""
+        k = min(step, self.total_steps)
+        return 1 - (1 - self.cfg.tau) * (math.cos(math.pi * k / self.total_steps) + 1) / 2
+
+    def training_step(self, x, generator):
+        v1 = augment(x, self.view1, generator)  # (N, C, S, S)
+        v2 = augment(x, self.view2, generator)  # (N, C, S, S)
+        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))  # (N, P) each
+        p1, p2 = self.predictor(z1), self.predictor(z2)  # (N, P) each
+        with torch.no_grad():
+            t1 = self.target_projector(self.target_encoder(v1))  # (N, P)
+            t2 = self.target_projector(self.target_encoder(v2))  # (N, P)
+        loss = byol_loss(p1, p2, t1, t2)
+        return loss, {"z_std": normalized_std(torch.cat([z1, z2])), "p_std": normalized_std(torch.cat([p1, p2]))}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        tau = self.target_momentum(step)
+        momentum_update(self.encoder, self.target_encoder, tau)
+        momentum_update(self.projector, self.target_projector, tau)

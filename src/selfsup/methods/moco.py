@@ -1,0 +1,144 @@
+"""MoCo v2 (He et al. 2020; Chen, Fan, Girshick & He 2020): momentum contrast with a queue.
+
+A query encoder ``f_q`` + MLP head (trained) and a key encoder ``f_k`` + head (an EMA copy,
+no gradient) map two views of each image to ``q`` and ``k``.  The loss is cross-entropy
+over ``[q.k+, q.queue] / T`` with the positive at index 0 (:func:`losses.moco_loss`); the
+queue holds the K most recent keys (unit vectors), so negatives need not come from the
+current batch.  Downstream tasks use ``h = f_q(x)``, never ``q``.
+
+Order per step (as in the authors' ``moco/builder.py``): momentum update of the key
+encoder **first**, then the keys, then the loss, then the keys are enqueued **after** the
+loss (a ring buffer; K must be divisible by the number of keys per step).  With
+``symmetric=True`` (an option of the authors' CIFAR demo) each view is also a query for
+the other view's key, the two losses are summed and both sets of keys are enqueued.
+
+Head: Linear(d, d) - ReLU - Linear(d, 128), no BatchNorm (v2).  Views: the MoCo v2
+recipe, without blur at <= 32 px.
+
+Shuffle BN on one device = split BN.  Keys are computed in training mode, so a key's
+BatchNorm statistics would carry a signature of the batch its query also came from and
+the model could "cheat" (find the positive through the statistics).  The authors shuffle
+the key batch across GPUs; on one device a shuffle alone changes nothing, so -- as the
+authors' CIFAR demo does with ``SplitBatchNorm`` in both encoders -- both passes here run
+the encoder on ``bn_splits`` groups, each with its own BN statistics: the query pass on
+contiguous groups (like one group per GPU), the key pass on groups of a random
+permutation of the batch (drawn from the step's generator), unshuffled afterwards.  A
+query and its key therefore rarely share statistics.  The groups are plain chunked
+forward passes, so BN running statistics are updated once per group; encoders without
+BatchNorm (ViTs) run in one pass.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from selfsup.errors import SelfSupError
+from selfsup.losses import moco_loss
+from selfsup.methods.base import METHODS, Method, momentum_update
+from selfsup.methods.simclr import build_views
+from selfsup.monitor import normalized_std
+from selfsup.views import augment, moco_v2_views
+
+
+def moco_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """MoCo v2 head: Linear(d, h) - ReLU - Linear(h, out), no BatchNorm."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+@dataclass
+class MoCoConfig:
+    temperature: float = 0.2           # T of the softmax; 0.2 for v2 (0.07 for v1, 0.1 in the CIFAR demo)
+    queue_size: int = 4096             # K negatives; a multiple of the batch size (65536 at ImageNet scale)
+    momentum: float = 0.99             # key encoder EMA m, constant; 0.99 for small data, 0.999 at ImageNet scale
+    proj_dim: int = 128                # output dimension of q and k
+    hidden_dim: int | None = None      # head width (None = encoder feature dimension)
+    bn_splits: int = 4                 # BN groups per pass (split BN); 1 = plain BN ("cheating" possible)
+    symmetric: bool = False            # also use view 2 as query against view 1's key (CIFAR demo option; 2x compute)
+    views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
+
+
+@METHODS.register("moco", help="MoCo v2: contrastive loss against a queue of momentum-encoder keys")
+class MoCo(Method):
+    Config = MoCoConfig
+    min_batch_size = 2  # split BN needs at least two images per group
+    presets = {
+        "cpu": {"optim.name": "adamw", "optim.base_lr": 2e-3, "optim.weight_decay": 1e-4,
+                "optim.warmup_epochs": 1, "train.batch_size": 256, "train.epochs": 15,
+                "method_cfg.queue_size": 4096, "method_cfg.momentum": 0.99},
+        # the authors' CIFAR demo: ResNet-18, SGD lr 0.06 at bs 512, wd 5e-4, K=4096, m=0.99, T=0.1
+        "gpu": {"backbone": "resnet18", "optim.name": "sgd", "optim.base_lr": 0.03,
+                "optim.lr_scaling": "linear", "optim.weight_decay": 5e-4, "optim.momentum": 0.9,
+                "optim.warmup_epochs": 0, "train.batch_size": 512, "train.epochs": 200,
+                "method_cfg.queue_size": 4096, "method_cfg.momentum": 0.99,
+                "method_cfg.temperature": 0.1, "method_cfg.bn_splits": 8},
+    }
+
+    def __init__(self, encoder, cfg: MoCoConfig, *, image_size: int, channels: int):
+        super().__init__(encoder, cfg, image_size=image_size, channels=channels)
+        if cfg.queue_size < 1 or cfg.bn_splits < 1:
+            raise SelfSupError("moco needs queue_size >= 1 and bn_splits >= 1")
+        d = encoder.num_features
+        self.head = moco_head(d, cfg.hidden_dim or d, cfg.proj_dim)
+        self.key_encoder = copy.deepcopy(encoder)
+        self.key_head = copy.deepcopy(self.head)
+        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
+            p.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))  # (K, D)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next row to write
+        self.split_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+        self.view_cfg = build_views(moco_v2_views(), image_size, cfg.views)
+
+    def groups(self, n: int) -> int:
+        """Number of split-BN groups for a batch of ``n``: at most ``bn_splits``, >= 2 images each."""
+        return max(1, min(self.cfg.bn_splits, n // 2)) if self.split_bn else 1
+
+    def split_forward(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``encoder`` on contiguous groups of ``x``, each with its own BN statistics."""
+        return torch.cat([encoder(chunk) for chunk in x.tensor_split(self.groups(len(x)))])
+
+    @torch.no_grad()
+    def keys(self, x_k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Unit keys (N, D) of the key views: shuffle, split-BN forward, unshuffle."""
+        perm = torch.randperm(len(x_k), generator=generator).to(x_k.device)  # (N,)
+        k = self.key_head(self.split_forward(self.key_encoder, x_k[perm]))  # (N, D), shuffled order
+        k = k[torch.argsort(perm)]  # (N, D), back in batch order
+        return F.normalize(k.to(self.queue.dtype), dim=1)
+
+    @torch.no_grad()
+    def enqueue(self, k: torch.Tensor) -> None:
+        """Write the batch's keys (N, D) at ``queue_ptr`` and advance it (ring buffer)."""
+        n, ptr = k.shape[0], int(self.queue_ptr)
+        self.queue[ptr:ptr + n] = k
+        self.queue_ptr.fill_((ptr + n) % self.cfg.queue_size)
+
+    def training_step(self, x, generator):
+        n = x.shape[0]
+        per_step = 2 * n if self.cfg.symmetric else n  # keys enqueued per step
+        if self.cfg.queue_size % per_step:
+            raise SelfSupError(f"moco queue_size {self.cfg.queue_size} must be a multiple of the {per_step} "
+                               f"keys enqueued per step (batch size {n}"
+                               f"{', x2 for the symmetric loss' if self.cfg.symmetric else ''}); set "
+                               f"method_cfg.queue_size to e.g. {per_step * max(1, self.cfg.queue_size // per_step)}")
+        momentum_update(self.encoder, self.key_encoder, self.cfg.momentum)  # 1. key encoder first
+        momentum_update(self.head, self.key_head, self.cfg.momentum)
+        x1 = augment(x, self.view_cfg, generator)  # (N, C, S, S)
+        x2 = augment(x, self.view_cfg, generator)  # (N, C, S, S)
+        pairs = [(x1, x2), (x2, x1)] if self.cfg.symmetric else [(x1, x2)]  # (query view, key view)
+        qs = [self.head(self.split_forward(self.encoder, xq)) for xq, _ in pairs]  # each (N, D)
+        ks = [self.keys(xk, generator) for _, xk in pairs]  # 2. keys, each (N, D) unit vectors
+        # 3. loss (summed over directions); a copy of the queue, as backward needs it after enqueue
+        queue = self.queue.clone()
+        loss = sum(moco_loss(q, k, queue, self.cfg.temperature) for q, k in zip(qs, ks))
+        q, k = torch.cat(qs), torch.cat(ks)  # (P*N, D)
+        with torch.no_grad():
+            qn = F.normalize(q.detach().to(k.dtype), dim=1)
+            l_pos = (qn * k).sum(1)  # (P*N,)
+            l_neg = (qn @ queue.t()).max(dim=1).values  # (P*N,) hardest negative
+            pos_acc = (l_pos > l_neg).float().mean().item()
+        self.enqueue(k)  # 4. enqueue after the loss
+        return loss, {"pos_acc": pos_acc, "z_std": normalized_std(q)}
