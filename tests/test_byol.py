@@ -1,17 +1,19 @@
 """BYOL: gradients, the loss pairing and range, the target EMA schedule, resume, learning, collapse."""
 from __future__ import annotations
 
-import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from selfsup import engine
-from selfsup.api import build_config
+from selfsup.api import build_config, channel_stats
 from selfsup.backbones import create_backbone
 from selfsup.config import RunConfig
 from selfsup.data import create_dataset
+from selfsup.features import extract_features
+from selfsup.knn import knn_accuracy
 from selfsup.losses import byol_loss
 from selfsup.methods import create_method
 from selfsup.views import augment
@@ -175,3 +177,40 @@ def test_collapse_monitor_flags_byol_without_batchnorm_in_its_heads(tmp_path):
     healthy = collapse_run(tmp_path / "healthy", data)
     assert not any(r["collapse_suspected"] for r in healthy)
     assert min(r["z_std"] for r in healthy) > 0.5
+
+
+# ---------------------------------------------------------------------------- learns
+
+
+@pytest.mark.slow
+def test_byol_learns_shape_features_on_small_shapes(tmp_path):
+    """16 px shapes, 3000 images, 30 short epochs (690 steps): kNN on the shape labels beats
+    the same network at its random initialisation.  Measured (seed 0, 1 thread, busy 2-core
+    machine, ~57 s): random init 0.204, BYOL 0.250 (0.258 after 40 epochs, but only 0.198
+    after 24: the gain appears late, so the margin asserted is small).  Needs strong colour
+    jitter and crop (0.25, 1) like MoCo; with the paper's views and <= 450 steps BYOL stayed
+    within +-0.03 of random init."""
+    start = time.perf_counter()
+    ds = create_dataset("shapes", num_train=3000, num_test=500, image_size=16, cache_dir=tmp_path)
+    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+
+    def knn(encoder):
+        return knn_accuracy(extract_features(encoder, ds.train.images), ytr,
+                            extract_features(encoder, ds.test.images), yte)
+
+    mean, std = channel_stats(ds.train.images)
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=16, mean=mean, std=std)
+    m = create_method("byol", enc, {"hidden_dim": 512, "tau": 0.98,
+                                    "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
+                      image_size=16, channels=3)
+    random_init = knn(m.encoder)
+    cfg = RunConfig(method="byol")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.log_every, cfg.train.progress = 30, 128, 20, False
+    cfg.optim.base_lr, cfg.optim.warmup_epochs = 4e-3, 2
+    history = engine.train(m, ds.train.images, cfg, tmp_path / "run", log=lambda s: None)
+    trained = knn(m.encoder)
+    print(f"BYOL kNN: random init {random_init:.3f}, trained {trained:.3f}, "
+          f"{time.perf_counter() - start:.0f} s")
+    assert not any(r["collapse_suspected"] for r in history)
+    assert trained > random_init + 0.03

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import engine
-from selfsup.api import build_config
+from selfsup.api import build_config, channel_stats
 from selfsup.backbones import create_backbone
 from selfsup.config import RunConfig
 from selfsup.data import create_dataset
@@ -196,3 +196,36 @@ def test_resume_restores_queue_pointer_and_key_encoder(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not torch.equal(part.queue, full.queue)
+
+
+@pytest.mark.slow
+def test_moco_learns_shape_features_on_small_shapes(tmp_path):
+    """16 px shapes, 2000 images, 40 short epochs (600 steps): kNN on the shape labels beats
+    the same network at its random initialisation.  Measured (seed 0, 1 thread, busy 2-core
+    machine, 27 s): random init 0.192, MoCo 0.274.  Needs strong colour jitter (SimCLR s=1),
+    crop (0.25, 1) and T=0.1: with the plain v2 recipe at 32 px MoCo stayed within +-0.03 of
+    random init for up to 775 steps -- its instance task is solved by colour and texture."""
+    start = time.perf_counter()
+    ds = create_dataset("shapes", num_train=2000, num_test=500, image_size=16, cache_dir=tmp_path)
+    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+
+    def knn(encoder):
+        return knn_accuracy(extract_features(encoder, ds.train.images), ytr,
+                            extract_features(encoder, ds.test.images), yte)
+
+    mean, std = channel_stats(ds.train.images)
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=16, mean=mean, std=std)
+    m = create_method("moco", enc, {"queue_size": 1024, "temperature": 0.1,
+                                    "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
+                      image_size=16, channels=3)
+    random_init = knn(m.encoder)
+    cfg = RunConfig(method="moco")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.log_every, cfg.train.progress = 40, 128, 20, False
+    cfg.optim.base_lr, cfg.optim.warmup_epochs = 4e-3, 2
+    history = engine.train(m, ds.train.images, cfg, tmp_path / "run", log=lambda s: None)
+    trained = knn(m.encoder)
+    print(f"MoCo kNN: random init {random_init:.3f}, trained {trained:.3f}, "
+          f"{time.perf_counter() - start:.0f} s")
+    assert not any(r["collapse_suspected"] for r in history)
+    assert trained > random_init + 0.05
