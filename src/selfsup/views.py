@@ -49,11 +49,13 @@ Half-precision inputs are processed in float32 and cast back; float64 stays floa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from selfsup.errors import SelfSupError
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights for R, G, B
 BLUR_REFERENCE_SIDE = 224  # image side (px) at which ``ViewConfig.blur_sigma`` is given
@@ -441,3 +443,16 @@ def augment(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator) -> tor
     x = _apply_to(x, u[:, _SOLARIZE] < cfg.solarize_p, lambda v, i: solarize(v))
 
     return x.clamp(0.0, 1.0).to(out_dtype)
+
+
+def build_views(recipe: ViewConfig, image_size: int, overrides: dict) -> ViewConfig:
+    """A method's recipe shrunk for small images, then the user's ``views`` overrides
+    (lists from YAML become tuples); a bad option is a one-line :class:`SelfSupError`."""
+    cfg = for_small_images(recipe, image_size)
+    try:
+        return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    except TypeError:
+        names = ", ".join(f.name for f in fields(ViewConfig))
+        raise SelfSupError(f"unknown view option in {sorted(overrides)}; valid: {names}") from None
+    except ValueError as e:
+        raise SelfSupError(f"bad view option: {e}") from None

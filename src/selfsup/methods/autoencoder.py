@@ -44,9 +44,8 @@ import torch.nn as nn
 from selfsup.errors import SelfSupError
 from selfsup.losses import reconstruction_loss
 from selfsup.methods.base import METHODS, Method
-from selfsup.methods.simclr import build_views
 from selfsup.monitor import normalized_std
-from selfsup.views import ViewConfig, augment
+from selfsup.views import ViewConfig, augment, build_views
 
 CORRUPTIONS = ("none", "gaussian", "masking", "salt_pepper", "patch")
 DECODERS = ("conv", "mlp")

@@ -32,9 +32,8 @@ import torch.nn as nn
 
 from selfsup.losses import byol_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
-from selfsup.methods.simclr import build_views
 from selfsup.monitor import normalized_std
-from selfsup.views import augment, byol_views
+from selfsup.views import augment, build_views, byol_views
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:

@@ -61,9 +61,8 @@ from selfsup.backbones import Encoder
 from selfsup.errors import SelfSupError
 from selfsup.losses import dino_center_update, dino_diagnostics, dino_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
-from selfsup.methods.simclr import build_views
 from selfsup.optim import cosine_schedule
-from selfsup.views import augment, dino_views
+from selfsup.views import augment, build_views, dino_views
 
 
 class DINOHead(nn.Module):

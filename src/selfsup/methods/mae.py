@@ -43,9 +43,8 @@ from selfsup.backbones import BACKBONES, default_patch_size
 from selfsup.errors import SelfSupError
 from selfsup.losses import mae_loss, patchify, unpatchify
 from selfsup.methods.base import METHODS, Method
-from selfsup.methods.simclr import build_views
 from selfsup.monitor import normalized_std
-from selfsup.views import augment, mae_views
+from selfsup.views import augment, build_views, mae_views
 
 MAE_BACKBONES = ("vit_mae_tiny", "vit_mae_small")
 

@@ -40,9 +40,8 @@ import torch.nn.functional as F
 from selfsup.errors import SelfSupError
 from selfsup.losses import moco_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
-from selfsup.methods.simclr import build_views
 from selfsup.monitor import normalized_std
-from selfsup.views import augment, moco_v2_views
+from selfsup.views import augment, build_views, moco_v2_views
 
 
 def moco_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

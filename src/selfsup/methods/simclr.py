@@ -10,7 +10,6 @@ and no blur at <= 32 px (the CIFAR recipe).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch.nn as nn
 from selfsup.losses import nt_xent
 from selfsup.methods.base import METHODS, Method
 from selfsup.monitor import normalized_std
-from selfsup.views import ViewConfig, augment, for_small_images, simclr_views
+from selfsup.views import augment, build_views, simclr_views
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int) -> nn.Sequential:
@@ -32,19 +31,6 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int) -> n
         dim = hidden_dim
     mods += [nn.Linear(dim, out_dim, bias=False), nn.BatchNorm1d(out_dim)]
     return nn.Sequential(*mods)
-
-
-def build_views(recipe: ViewConfig, image_size: int, overrides: dict[str, Any]) -> ViewConfig:
-    """Shrink a recipe for small images, then apply the user's ``views`` overrides."""
-    cfg = for_small_images(recipe, image_size)
-    try:
-        return dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in overrides.items()})
-    except TypeError:
-        from selfsup.errors import SelfSupError
-
-        names = ", ".join(f.name for f in dataclasses.fields(ViewConfig))
-        raise SelfSupError(f"unknown view option in {sorted(overrides)}; valid: {names}") from None
 
 
 @dataclass
