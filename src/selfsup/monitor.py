@@ -41,7 +41,7 @@ class CollapseMonitor:
             h, ln_k = logs["teacher_entropy"], logs["ln_k"]
             if h < 0.05 * ln_k:
                 return f"teacher entropy {h:.3f} near 0 (one-hot teacher: centering missing?)"
-            if h > 0.98 * ln_k and logs.get("kl", 1.0) < 1e-3:
+            if h > 0.98 * ln_k and logs.get("kl", 1.0) < 0.01:
                 return f"teacher entropy {h:.3f} near ln K = {ln_k:.3f} (uniform teacher: too little sharpening)"
         return None
 

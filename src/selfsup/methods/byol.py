@@ -61,7 +61,7 @@ class BYOL(Method):
         # small data on a CPU: a faster target (tau_0 0.98 for short runs) and strong colour
         # jitter, the setting that learned shape on `shapes` (tests/test_byol.py)
         "cpu": {"optim.name": "adamw", "optim.base_lr": 4e-3, "optim.weight_decay": 1e-4,
-                "optim.warmup_epochs": 2, "train.batch_size": 256, "train.epochs": 30,
+                "optim.warmup_epochs": 2, "train.batch_size": 128, "train.epochs": 30,
                 "method_cfg.hidden_dim": 512, "method_cfg.tau": 0.98,
                 "method_cfg.views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
         # CIFAR-scale recipe: ResNet-18, LARS 0.2 x bs/256 (paper's 0.2 per 256 with LARS), wd 1.5e-6

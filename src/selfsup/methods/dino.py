@@ -20,10 +20,10 @@ tensor separately to norm 3.0, as DINO's ``clip_gradients``), the optimizer step
 :meth:`DINO.after_optimizer_step` (teacher EMA with momentum cosine 0.996 -> 1).
 
 Head: MLP D -> hidden -> hidden -> bottleneck (GELU), L2-normalise, then a
-weight-normalised ``Linear(bottleneck, K, bias=False)`` whose norm ``g`` is fixed at 1
-(DINO's ``norm_last_layer=True``).  With ``g = 1`` the layer is ``F.linear(z, v / ||v||)``
-with rows normalised, so it is implemented directly on ``v`` (the parameter
-``head.last_layer``) with no ``g`` parameter at all.  ``head_bn=True`` adds BatchNorm after
+weight-normalised ``Linear(bottleneck, K, bias=False)``: ``F.linear(z, g * v / ||v||)`` with
+the direction ``v`` (``head.last_layer``) and the norm ``g`` (``head.last_layer_g``, (K, 1))
+fixed at 1 by default (DINO's ``norm_last_layer=True``) or learned from 1 with
+``norm_last_layer=False``.  ``head_bn=True`` adds BatchNorm after
 each hidden layer (the authors' ``use_bn_in_head``), which the CPU preset uses for small_cnn.
 
 Frozen last layer: for the first ``freeze_last_layer`` epochs the student head uses a
@@ -69,7 +69,7 @@ class DINOHead(nn.Module):
     """MLP (GELU) -> L2-normalise -> weight-normalised linear layer to K prototypes (g = 1)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, layers: int = 3,
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, norm_last_layer: bool = True):
         super().__init__()
         if layers < 2:
             raise SelfSupError(f"the DINO head needs at least 2 MLP layers, got head_layers={layers}")
@@ -90,11 +90,15 @@ class DINOHead(nn.Module):
         # The direction v of the weight-normalised last layer, (K, bottleneck), with
         # nn.Linear's default init (as in the authors' code, which inits it after the MLP).
         self.last_layer = nn.Parameter(nn.Linear(bottleneck_dim, out_dim, bias=False).weight.detach().clone())
+        # The norm g of each prototype: fixed at 1 (norm_last_layer=True) or learned from 1.
+        self.last_layer_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
 
     def forward(self, h: torch.Tensor, *, freeze_last_layer: bool = False) -> torch.Tensor:
         z = F.normalize(self.mlp(h), dim=-1)  # (N, bottleneck), unit rows
-        v = self.last_layer.detach() if freeze_last_layer else self.last_layer
-        return F.linear(z, F.normalize(v, dim=1))  # (N, K): weight norm with g fixed at 1
+        v, g = self.last_layer, self.last_layer_g
+        if freeze_last_layer:
+            v, g = v.detach(), g.detach()
+        return F.linear(z, g * F.normalize(v, dim=1))  # (N, K): weight norm g * v / ||v||
 
 
 @dataclass
@@ -104,6 +108,7 @@ class DINOConfig:
     bottleneck_dim: int = 128          # head output before the last layer; 256 in the paper
     head_layers: int = 3               # MLP layers in the head (3 in the paper)
     head_bn: bool = False              # BatchNorm after each hidden head layer (authors' use_bn_in_head)
+    norm_last_layer: bool = True       # fix the prototype norms g at 1; False learns them (sharper, less stable)
     n_local: int = 4                   # local crops per image (8 in the paper at 96 px); 0 = two crops only
     local_size: int | None = None      # local crop side in px (None = half the image side)
     student_temp: float = 0.1          # T_s
@@ -124,12 +129,18 @@ class DINO(Method):
     Config = DINOConfig
     min_batch_size = 1
     presets = {
-        # small_cnn: BN in the head (its pooled ReLU features share one dominant direction,
-        # which leaves a BN-free head's centred teacher nearly uniform); EMA 0.99 for short runs.
-        "cpu": {"backbone": "small_cnn", "optim.name": "adamw", "optim.base_lr": 5e-4,
-                "optim.lr_scaling": "linear", "optim.weight_decay": 0.04, "optim.weight_decay_end": 0.4,
-                "optim.warmup_epochs": 1, "optim.min_lr": 1e-6, "train.batch_size": 128,
-                "train.epochs": 15, "method_cfg.head_bn": True, "method_cfg.momentum_teacher": 0.99},
+        # Short CPU runs on small data (what learned shape on `shapes`, tests/test_dino.py):
+        # BN in the head (small_cnn's pooled ReLU features share one dominant direction, which
+        # leaves a BN-free head's centred teacher uniform), a fast teacher (EMA 0.95; 0.99
+        # and 0.996 barely move in a few hundred steps), K=256, two global crops with SimCLR's
+        # strong colour jitter and no local crops (with the paper's colour jitter and local
+        # crops the clusters follow colour and texture, not shape).
+        "cpu": {"backbone": "small_cnn", "optim.name": "adamw", "optim.base_lr": 4e-3,
+                "optim.lr_scaling": "linear", "optim.weight_decay": 0.04, "optim.warmup_epochs": 1,
+                "optim.min_lr": 1e-6, "train.batch_size": 128, "train.epochs": 40,
+                "method_cfg.out_dim": 256, "method_cfg.head_bn": True, "method_cfg.n_local": 0,
+                "method_cfg.momentum_teacher": 0.95,
+                "method_cfg.views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
         # The paper's ViT-S/16 recipe (patch 4 at 32 px), with a CIFAR-sized K.
         "gpu": {"backbone": "vit_small", "backbone_cfg.drop_path": 0.1, "optim.name": "adamw",
                 "optim.base_lr": 5e-4, "optim.lr_scaling": "linear", "optim.weight_decay": 0.04,
@@ -146,7 +157,7 @@ class DINO(Method):
             raise SelfSupError("DINO temperatures (teacher_temp, warmup_teacher_temp, student_temp) "
                                "must be positive")
         self.head = DINOHead(encoder.num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
-                             cfg.head_layers, cfg.head_bn)
+                             cfg.head_layers, cfg.head_bn, cfg.norm_last_layer)
         # The teacher: a copy of the student that only ever changes by EMA.
         self.teacher_encoder = copy.deepcopy(encoder)
         self.teacher_head = copy.deepcopy(self.head)

@@ -233,9 +233,9 @@ class MAE(Method):
         # and a few thousand steps the paper's 1.5e-4 barely moves the loss.
         "cpu": {"backbone": "vit_mae_tiny", "backbone_cfg.depth": 4, "backbone_cfg.embed_dim": 128,
                 "backbone_cfg.num_heads": 4, "method_cfg.decoder_dim": 64, "method_cfg.decoder_depth": 1,
-                "method_cfg.decoder_heads": 2, "optim.name": "adamw", "optim.base_lr": 1.5e-3,
+                "method_cfg.decoder_heads": 2, "optim.name": "adamw", "optim.base_lr": 3e-3,
                 "optim.lr_scaling": "linear", "optim.betas": [0.9, 0.95], "optim.weight_decay": 0.05,
-                "optim.warmup_epochs": 2, "train.batch_size": 256, "train.epochs": 30},
+                "optim.warmup_epochs": 2, "train.batch_size": 128, "train.epochs": 30},
         # the paper's recipe (AdamW 1.5e-4 x bs/256, betas (0.9, 0.95), wd 0.05, 40 warm-up
         # epochs, cosine, 800 epochs) with ViT-Tiny at 32 px (patch 4, 64 patches)
         "gpu": {"backbone": "vit_mae_tiny", "optim.name": "adamw", "optim.base_lr": 1.5e-4,

@@ -69,8 +69,8 @@ class MoCo(Method):
         # small data on a CPU: T=0.1 and strong colour jitter (SimCLR s=1) learned shape on
         # `shapes` where the plain v2 recipe learned only colour and texture (tests/test_moco.py)
         "cpu": {"optim.name": "adamw", "optim.base_lr": 4e-3, "optim.weight_decay": 1e-4,
-                "optim.warmup_epochs": 2, "train.batch_size": 256, "train.epochs": 30,
-                "method_cfg.queue_size": 4096, "method_cfg.momentum": 0.99, "method_cfg.temperature": 0.1,
+                "optim.warmup_epochs": 2, "train.batch_size": 128, "train.epochs": 30,
+                "method_cfg.queue_size": 1024, "method_cfg.momentum": 0.99, "method_cfg.temperature": 0.1,
                 "method_cfg.views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
         # the authors' CIFAR demo: ResNet-18, SGD lr 0.06 at bs 512, wd 5e-4, K=4096, m=0.99, T=0.1
         "gpu": {"backbone": "resnet18", "optim.name": "sgd", "optim.base_lr": 0.03,
