@@ -1,32 +1,23 @@
 """BYOL: gradients, the loss pairing and range, the target EMA schedule, resume, learning, collapse."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from selfsup import engine
-from selfsup.api import build_config, channel_stats
+from selfsup.api import build_config
 from selfsup.backbones import create_backbone
 from selfsup.config import RunConfig
 from selfsup.data import create_dataset
-from selfsup.features import extract_features
-from selfsup.knn import knn_accuracy
 from selfsup.losses import byol_loss
 from selfsup.methods import create_method
 from selfsup.views import augment
+from conftest import learn_on_shapes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast as two on an idle machine and far faster
-    on a busy shared one (two OpenMP threads on two loaded cores ran ~30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_byol(size=16, width=8, **options):
@@ -190,27 +181,9 @@ def test_byol_learns_shape_features_on_small_shapes(tmp_path):
     after 24: the gain appears late, so the margin asserted is small).  Needs strong colour
     jitter and crop (0.25, 1) like MoCo; with the paper's views and <= 450 steps BYOL stayed
     within +-0.03 of random init."""
-    start = time.perf_counter()
-    ds = create_dataset("shapes", num_train=3000, num_test=500, image_size=16, cache_dir=tmp_path)
-    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
-
-    def knn(encoder):
-        return knn_accuracy(extract_features(encoder, ds.train.images), ytr,
-                            extract_features(encoder, ds.test.images), yte)
-
-    mean, std = channel_stats(ds.train.images)
-    torch.manual_seed(0)
-    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=16, mean=mean, std=std)
-    m = create_method("byol", enc, {"hidden_dim": 512, "tau": 0.98,
-                                    "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
-                      image_size=16, channels=3)
-    random_init = knn(m.encoder)
-    cfg = RunConfig(method="byol")
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.log_every, cfg.train.progress = 30, 128, 20, False
-    cfg.optim.base_lr, cfg.optim.warmup_epochs = 4e-3, 2
-    history = engine.train(m, ds.train.images, cfg, tmp_path / "run", log=lambda s: None)
-    trained = knn(m.encoder)
-    print(f"BYOL kNN: random init {random_init:.3f}, trained {trained:.3f}, "
-          f"{time.perf_counter() - start:.0f} s")
-    assert not any(r["collapse_suspected"] for r in history)
-    assert trained > random_init + 0.03
+    options = {"hidden_dim": 512, "tau": 0.98, "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}}
+    r = learn_on_shapes("byol", tmp_path, options=options, num_train=3000, train__epochs=30,
+                        train__batch_size=128, optim__base_lr=4e-3, optim__warmup_epochs=2)
+    print(f"BYOL kNN: random init {r.random_init:.3f}, trained {r.trained:.3f}")
+    assert not any(rec["collapse_suspected"] for rec in r.history)
+    assert r.trained > r.random_init + 0.03

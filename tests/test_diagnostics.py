@@ -16,17 +16,7 @@ from selfsup.backbones import create_backbone
 from selfsup.data import create_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small BLAS calls and L-BFGS probes slow down up to 100-fold when two threads spin on
-    busy shared cores (measured: an SVD of 512 x 128 took 11 s instead of 0.06 s)."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rng(seed=0):

@@ -2,37 +2,28 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from selfsup import engine
-from selfsup.api import build_config, channel_stats
+from selfsup.api import build_config
 from selfsup.backbones import create_backbone
 from selfsup.config import RunConfig
 from selfsup.data import create_dataset
 from selfsup.errors import SelfSupError
-from selfsup.features import extract_features
-from selfsup.knn import knn_accuracy
 from selfsup.losses import dino_center_update, dino_loss
 from selfsup.methods import create_method
 from selfsup.methods.dino import DINO, attention_maps, last_block_attention
-from selfsup.monitor import normalized_std
+from selfsup.monitor import WINDOW, CollapseMonitor
+from conftest import learn_on_shapes
 
 SMALL = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local": 2}
 BACKBONES = {"small_cnn": {"width": 8}, "vit_tiny": {"depth": 2, "patch_size": 4}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads ran a DINO step 30x
-    slower (1.5 s vs 0.05 s), and a fixed count keeps the measured numbers reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(backbone="small_cnn", size=16, **options) -> DINO:
@@ -355,44 +346,36 @@ def test_attention_maps_need_a_vit():
 
 
 @pytest.mark.slow
-def test_dino_trains_healthily_on_shapes(tmp_path):
-    """A short CPU run on shapes: DINO leaves the uniform start (loss clearly below ln K,
-    teacher neither uniform nor one-hot, no collapse flagged) and spreads the backbone
-    features out, which are all moved by training.
+def test_dino_learns_shape_features_on_small_shapes(tmp_path):
+    """The CPU preset on 16 px shapes (2000 images, 40 epochs, 600 steps): kNN on the shape
+    labels beats the same network at random initialisation, the teacher stays between
+    one-hot and uniform, and no collapse is flagged.
 
-    Measured (1 thread, busy 2-core machine, 29 s): loss 5.42 -> 5.06 (ln K 5.55), teacher
-    entropy 3.65 -> 3.89 nats, feature spread (normalized_std) 0.24 -> 0.66.  Not asserted:
-    a kNN gain over random init -- kNN on the shape labels was 0.136 vs 0.152 at random
-    init here, and stayed within +-0.02 of random init in every DINO setting tried within
-    a CPU budget (up to 450 steps); DINO's clusters follow the colour and texture the
-    crops of one image share, not the shape.
+    Measured (1 thread, idle 2-core CPU, ~50 s): seed 0 0.306 vs 0.192 random init, seed 1
+    0.266 vs 0.214.  Seed 2 collapsed to a uniform teacher (entropy -> ln K, KL -> 0.002)
+    within ~4 epochs; the monitor flags that (see the next test).  With the paper's colour
+    jitter, local crops, EMA 0.99-0.996 or K=1024, kNN stayed within +-0.02 of random init
+    or collapsed to uniform: DINO is the least robust method here at CPU scale.
     """
-    ds = create_dataset("shapes", num_train=1500, num_test=500)
-    mean, std = channel_stats(ds.train.images)
-    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+    preset = build_config("dino", preset="cpu")
+    optim = {f"optim__{k}": getattr(preset.optim, k) for k in ("base_lr", "weight_decay", "warmup_epochs", "min_lr")}
+    r = learn_on_shapes("dino", tmp_path, options=preset.method_cfg, train__epochs=40,
+                        train__batch_size=preset.train.batch_size, **optim)
+    ln_k = math.log(preset.method_cfg["out_dim"])
+    last = r.history[-1]
+    print(f"DINO kNN: random init {r.random_init:.3f}, trained {r.trained:.3f}; loss {last['loss']:.3f} "
+          f"(ln K {ln_k:.3f}), teacher entropy {last['teacher_entropy']:.3f}, KL {last['kl']:.3f}")
+    assert not any(rec["collapse_suspected"] for rec in r.history)
+    assert last["loss"] < ln_k - 0.2 and last["kl"] > 0.1
+    assert 0.2 * ln_k < last["teacher_entropy"] < 0.95 * ln_k
+    assert r.trained > r.random_init + 0.05
 
-    def measure(enc):
-        ftr, fte = extract_features(enc, ds.train.images), extract_features(enc, ds.test.images)
-        return knn_accuracy(ftr, ytr, fte, yte), normalized_std(fte)
 
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    enc = create_backbone("small_cnn", in_chans=3, image_size=32, width=16, mean=mean, std=std)
-    knn_random, spread_random = measure(enc)
-    options = {"out_dim": 256, "n_local": 2, "head_bn": True, "momentum_teacher": 0.99}
-    m = create_method("dino", enc, options, image_size=32, channels=3)
-    cfg = run_config(tmp_path, epochs=5, batch_size=128, log_every=5)
-    cfg.optim.base_lr, cfg.optim.weight_decay, cfg.optim.weight_decay_end = 2e-3, 0.04, 0.4
-    history = engine.train(m, ds.train.images, cfg, tmp_path, log=quiet)
-    knn_dino, spread_dino = measure(m.encoder)
-    seconds = time.perf_counter() - start
-    ln_k = math.log(256)
-    print(f"kNN DINO {knn_dino:.3f} vs random {knn_random:.3f}; feature spread {spread_dino:.3f} vs "
-          f"{spread_random:.3f}; loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} "
-          f"(ln K {ln_k:.3f}); teacher entropy {[round(r['teacher_entropy'], 2) for r in history]}; "
-          f"{seconds:.0f} s")
-    assert not any(r["collapse_suspected"] for r in history)
-    last = history[-1]
-    assert last["loss"] < ln_k - 0.3 and last["kl"] > 0.1
-    assert 0.2 * ln_k < last["teacher_entropy"] < 0.9 * ln_k
-    assert spread_dino > spread_random + 0.2
+def test_monitor_flags_a_uniform_teacher():
+    """The failure of seed 2 above: teacher entropy at ln K and student = teacher (KL ~0)."""
+    monitor, ln_k = CollapseMonitor(), math.log(256)
+    uniform = {"teacher_entropy": ln_k - 0.002, "ln_k": ln_k, "kl": 0.002}
+    healthy = {"teacher_entropy": 0.88 * ln_k, "ln_k": ln_k, "kl": 0.26}
+    assert monitor.check(healthy) is None
+    assert "uniform teacher" in monitor.check(uniform)
+    assert [monitor.update(uniform) is not None for _ in range(WINDOW)] == [False] * (WINDOW - 1) + [True]

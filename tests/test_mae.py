@@ -1,32 +1,21 @@
 """MAE: position embeddings, masking, the loss on removed patches, training."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 
 from selfsup import engine
 from selfsup.backbones import Encoder, create_backbone
+from selfsup.api import build_config
 from selfsup.config import RunConfig
-from selfsup.data import create_dataset
 from selfsup.errors import SelfSupError
-from selfsup.features import extract_features
-from selfsup.knn import knn_accuracy
 from selfsup.losses import mae_loss
 from selfsup.methods import create_method
 from selfsup.methods.mae import random_masking, reconstruct, sincos_pos_embed_2d
+from conftest import learn_on_shapes
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared, busy 2-core machine two threads ran these
-    steps several times slower (OpenMP threads wait on each other), and a fixed count
-    keeps the measured numbers reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
@@ -255,12 +244,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 # ------------------------------------------------------------------------- learns
 
 
-def knn_cls(encoder, ds):
-    train = extract_features(encoder, ds.train.images)  # CLS after the final norm
-    test = extract_features(encoder, ds.test.images)
-    return knn_accuracy(train, torch.from_numpy(ds.train.labels), test, torch.from_numpy(ds.test.labels))
-
-
 @torch.no_grad()
 def held_out_loss(m, images_nhwc):
     m.eval()
@@ -272,25 +255,25 @@ def held_out_loss(m, images_nhwc):
 
 
 @pytest.mark.slow
-def test_mae_learns_to_fill_in_removed_patches_of_held_out_shapes(tmp_path):
-    """MAE's pretext task, on test images it never saw: the masked-patch loss falls far
-    below its value at initialisation and below predicting the patch mean (0 in norm-pix
-    units, loss (P-1)/P ~ 0.98).  kNN of the CLS token is printed, not asserted: in the
-    budget of a CPU test it stays at the random-init level (MAE is weak under kNN and
-    linear evaluation by design; see the method's docstring)."""
-    start = time.perf_counter()
-    ds = create_dataset("shapes", num_train=1500, num_test=500, image_size=16, cache_dir=tmp_path)
-    torch.manual_seed(0)
-    enc = create_backbone("vit_mae_tiny", in_chans=3, image_size=16, depth=4, embed_dim=128, num_heads=4)
-    m = create_method("mae", enc, {"decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
-                      image_size=16, channels=3)
-    before, knn_before = held_out_loss(m, ds.test.images), knn_cls(m.encoder, ds)
-    cfg = RunConfig(method="mae", backbone="vit_mae_tiny")
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 8, 64, False
-    cfg.optim.base_lr, cfg.optim.warmup_epochs = 6e-3, 1
-    cfg.optim.betas, cfg.optim.weight_decay = (0.9, 0.95), 0.05
-    engine.train(m, ds.train.images, cfg, tmp_path / "run", log=lambda s: None)
-    after, knn_after = held_out_loss(m, ds.test.images), knn_cls(m.encoder, ds)
-    print(f"MAE held-out masked loss {before:.3f} -> {after:.3f}; kNN(CLS) random init "
-          f"{knn_before:.3f}, trained {knn_after:.3f}; {time.perf_counter() - start:.0f} s")
-    assert after < 0.8 * min(before, 47 / 48)
+def test_mae_learns_on_small_shapes(tmp_path):
+    """The CPU preset's model on 16 px shapes (2000 images, 80 epochs, 1250 steps): kNN of
+    the CLS token beats random initialisation, and on test images it never saw the
+    masked-patch loss falls far below its value at initialisation and below predicting
+    the patch mean (0 in norm-pix units, loss (P-1)/P).
+
+    Measured (1 thread, idle 2-core CPU, ~70 s): kNN 0.150 -> 0.220 (mean-pooled patch
+    tokens 0.156 -> 0.228).  After 40 epochs kNN was still at 0.158 and at 32 px after 20
+    epochs at its random-init level: MAE's frozen features improve late and slowly, as
+    the paper reports for linear probing (its strength is fine-tuning)."""
+    preset = build_config("mae", preset="cpu")
+    r = learn_on_shapes("mae", tmp_path, options=preset.method_cfg, backbone="vit_mae_tiny",
+                        backbone_cfg=preset.backbone_cfg, train__epochs=80, train__batch_size=128,
+                        optim__base_lr=preset.optim.base_lr, optim__warmup_epochs=2,
+                        optim__betas=(0.9, 0.95), optim__weight_decay=0.05,
+                        measure=lambda m, ds: held_out_loss(m, ds.test.images))
+    before, after = r.measured
+    patch_dim = r.method.patch_size ** 2 * 3
+    print(f"MAE kNN(CLS): random init {r.random_init:.3f}, trained {r.trained:.3f}; held-out masked "
+          f"loss {before:.3f} -> {after:.3f}")
+    assert after < 0.8 * min(before, (patch_dim - 1) / patch_dim)
+    assert r.trained > r.random_init + 0.04

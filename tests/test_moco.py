@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import numpy as np
 import pytest
@@ -11,29 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import engine
-from selfsup.api import build_config, channel_stats
+from selfsup.api import build_config
 from selfsup.backbones import create_backbone
 from selfsup.config import RunConfig
-from selfsup.data import create_dataset
 from selfsup.errors import SelfSupError
-from selfsup.features import extract_features
-from selfsup.knn import knn_accuracy
 from selfsup.methods import create_method
 from selfsup.methods.base import momentum_update
 from selfsup.views import augment
+from conftest import learn_on_shapes
 
 IDENTITY_VIEWS = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0,
                   "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast as two on an idle machine and far faster
-    on a busy shared one (two OpenMP threads on two loaded cores ran ~30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_moco(size=16, width=8, **options):
@@ -205,27 +195,10 @@ def test_moco_learns_shape_features_on_small_shapes(tmp_path):
     machine, 27 s): random init 0.192, MoCo 0.274.  Needs strong colour jitter (SimCLR s=1),
     crop (0.25, 1) and T=0.1: with the plain v2 recipe at 32 px MoCo stayed within +-0.03 of
     random init for up to 775 steps -- its instance task is solved by colour and texture."""
-    start = time.perf_counter()
-    ds = create_dataset("shapes", num_train=2000, num_test=500, image_size=16, cache_dir=tmp_path)
-    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
-
-    def knn(encoder):
-        return knn_accuracy(extract_features(encoder, ds.train.images), ytr,
-                            extract_features(encoder, ds.test.images), yte)
-
-    mean, std = channel_stats(ds.train.images)
-    torch.manual_seed(0)
-    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=16, mean=mean, std=std)
-    m = create_method("moco", enc, {"queue_size": 1024, "temperature": 0.1,
-                                    "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
-                      image_size=16, channels=3)
-    random_init = knn(m.encoder)
-    cfg = RunConfig(method="moco")
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.log_every, cfg.train.progress = 40, 128, 20, False
-    cfg.optim.base_lr, cfg.optim.warmup_epochs = 4e-3, 2
-    history = engine.train(m, ds.train.images, cfg, tmp_path / "run", log=lambda s: None)
-    trained = knn(m.encoder)
-    print(f"MoCo kNN: random init {random_init:.3f}, trained {trained:.3f}, "
-          f"{time.perf_counter() - start:.0f} s")
-    assert not any(r["collapse_suspected"] for r in history)
-    assert trained > random_init + 0.05
+    options = {"queue_size": 1024, "temperature": 0.1,
+               "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}}
+    r = learn_on_shapes("moco", tmp_path, options=options, train__epochs=40, train__batch_size=128,
+                        optim__base_lr=4e-3, optim__warmup_epochs=2)
+    print(f"MoCo kNN: random init {r.random_init:.3f}, trained {r.trained:.3f}")
+    assert not any(rec["collapse_suspected"] for rec in r.history)
+    assert r.trained > r.random_init + 0.05
