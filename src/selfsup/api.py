@@ -135,9 +135,10 @@ def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | N
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     extra.update(overrides or {})
+    ckpt = None
     if resume:
-        out = Path(extra.get("train.out_dir", RunConfig().train.out_dir))
-        cfg = validate(apply_overrides(from_dict(engine.load_checkpoint(out)["config"]), extra))
+        ckpt = engine.load_checkpoint(Path(extra.get("train.out_dir", RunConfig().train.out_dir)))
+        cfg = validate(apply_overrides(from_dict(ckpt["config"]), extra))
     else:
         cfg = build_config(method, preset=preset, config_file=config_file, overrides=extra)
 
@@ -153,7 +154,7 @@ def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | N
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run_dir / "env.json").write_text(json.dumps(versions(), indent=2))
     log(f"data {ds.name}: {len(images)} training images of {ds.image_size}px x {ds.channels} channels")
-    history = engine.train(m, images, cfg, run_dir, resume=resume, log=log)
+    history = engine.train(m, images, cfg, run_dir, resume=ckpt or False, log=log)
     export_encoder(m.encoder, run_dir / "encoder.pt")
     return Run(cfg, run_dir, m, ds, history)
 

@@ -79,8 +79,11 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Path, *,
-          resume: bool = False, log: Callable[[str], None] = print) -> list[dict[str, float]]:
-    """Pretrain ``method`` on ``images`` (N, H, W, C) uint8; returns the logged metrics."""
+          resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print) -> list[dict[str, float]]:
+    """Pretrain ``method`` on ``images`` (N, H, W, C) uint8; returns the logged metrics.
+
+    ``resume``: True continues from the run folder's last checkpoint; a checkpoint dict
+    already read with :func:`load_checkpoint` is used as is."""
     tc, oc = cfg.train, cfg.optim
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,7 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
     ckpt_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = resume if isinstance(resume, dict) else load_checkpoint(ckpt_path)
         saved = ckpt["config"]
         for key in ("method", "backbone"):
             if saved[key] != getattr(cfg, key):
