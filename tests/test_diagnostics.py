@@ -90,6 +90,18 @@ def test_collapsed_embeddings_are_flagged_and_gaussian_ones_are_not():
 # ----------------------------------------------------------------------------- alignment and uniformity
 
 
+def test_relative_alignment_ignores_collapse_and_spots_views_no_closer_than_others():
+    z = rng(0).standard_normal((500, 16))
+    views = z + 0.3 * rng(1).standard_normal(z.shape)
+    spread = dg.relative_alignment(z, views)
+    assert dg.relative_alignment(z, z) == 0.0
+    assert 0.02 < spread < 0.2  # noise 0.3 against unit-variance samples
+    centre = 10 * np.ones(16)  # the same geometry squeezed 1000x towards one direction
+    assert dg.relative_alignment(centre + z / 100, centre + views / 100) == pytest.approx(spread, rel=0.05)
+    assert dg.alignment(centre + z / 100, centre + views / 100) < dg.alignment(z, views) / 100  # plain alignment rewards it
+    assert dg.relative_alignment(z, rng(2).standard_normal(z.shape)) == pytest.approx(1.0, abs=0.1)
+
+
 def test_alignment():
     z = rng().standard_normal((100, 16))
     assert dg.alignment(z, z) == 0.0

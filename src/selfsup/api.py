@@ -255,7 +255,8 @@ def embed(encoder: Encoder | str | Path, data: str | Dataset, out_dir: str | Pat
     return paths
 
 
-SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed", "alignment", "uniformity")
+SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed", "alignment", "relative_alignment",
+                "uniformity")
 
 
 def inspect_encoder(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *,

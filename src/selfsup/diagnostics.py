@@ -13,8 +13,9 @@ Collapse
     point or one line?  The threshold is the training monitor's
     (:data:`selfsup.monitor.COLLAPSE_STD`).
 Alignment and uniformity (Wang & Isola 2020)
-    :func:`alignment` (positive pairs close, lower is better) and :func:`uniformity`
-    (points spread over the sphere, lower is better).
+    :func:`alignment` (positive pairs close, lower is better), :func:`relative_alignment`
+    (the same relative to pairs of different samples, so that collapse does not score
+    well) and :func:`uniformity` (points spread over the sphere, lower is better).
 Disentanglement against known factors
     :func:`dci` (Eastwood & Williams 2018) and :func:`mig` (Chen et al. 2018), both with
     a per-factor breakdown.
@@ -139,6 +140,24 @@ def alignment(z1, z2, alpha: float = 2) -> float:
     if a.shape != b.shape:
         raise ValueError(f"positive pairs need equal shapes, got {a.shape} and {b.shape}")
     return float((np.linalg.norm(a - b, axis=1) ** alpha).mean())
+
+
+def relative_alignment(z1, z2, *, seed: int = 0) -> float:
+    """Alignment divided by the same mean squared distance between views of *different*
+    samples (row i of ``z1`` against a random other row of ``z2``), after L2 normalisation.
+
+    Lower is better: 0 when the two views of every sample coincide, about 1 when views of
+    one sample are no closer than views of two samples.  Unlike :func:`alignment` it does
+    not reward collapse: shrinking every embedding towards one point leaves it unchanged.
+    """
+    a, b = _normalize_rows(as_array(z1)), _normalize_rows(as_array(z2))
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"positive pairs need equal shapes with at least 2 rows, got {a.shape} and {b.shape}")
+    n = len(a)
+    other = (np.arange(n) + np.random.default_rng(seed).integers(1, n, n)) % n  # never the same row
+    positive = (np.linalg.norm(a - b, axis=1) ** 2).mean()
+    negative = (np.linalg.norm(a - b[other], axis=1) ** 2).mean()
+    return float(positive / max(negative, 1e-12))
 
 
 def uniformity(z, t: float = 2, *, max_pairs: int = 200_000, seed: int = 0) -> float:
@@ -521,7 +540,8 @@ def inspect(encoder: torch.nn.Module, dataset, *, max_samples: int = 5000, seed:
         "dims_for_90pct_variance": dims_for_variance(h, 0.9),
         "per_dim_std_mean": spread["mean"], "per_dim_std_min": spread["min"],
         "z_std": spread["z_std"], "collapsed": bool(collapse_flag(h)),
-        "alignment": alignment(v1, v2), "uniformity": uniformity(h, seed=seed),
+        "alignment": alignment(v1, v2), "relative_alignment": relative_alignment(v1, v2, seed=seed),
+        "uniformity": uniformity(h, seed=seed),
         "alignment_views": f"simclr_views(strength={ALIGNMENT_VIEW_STRENGTH})",
     }
     if part.factors is not None and len(part.factor_names):
