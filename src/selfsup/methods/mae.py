@@ -26,9 +26,9 @@ The encoder contract: ``self.encoder`` is an :class:`~selfsup.backbones.Encoder`
 its ``forward(x)`` sees the full image (no masking) and returns the CLS token after the
 final norm, the representation MAE's linear probe uses.  MAE is weak under kNN and linear
 evaluation by design; it shines under fine-tuning (REFERENCE section 5).  Measured on
-32 px shapes (2000 images, 8 classes, depth-4 128-d encoder, 10-20 CPU epochs): kNN of
-the CLS token stays at its random-init level (0.14-0.16); a linear probe on mean-pooled
-patch tokens rises from 0.22 to 0.28.
+shapes with the CPU preset's depth-4 128-d encoder and 2000 images: at 16 px kNN of the
+CLS token goes 0.150 -> 0.158 after 40 epochs and -> 0.220 after 80 (1250 steps); at
+32 px it stays at its random-init level after 20 epochs: frozen MAE features improve late.
 """
 from __future__ import annotations
 
