@@ -39,67 +39,45 @@ def _load(title: str, folder: str, make, path: str, download: bool):
         raise SelfSupError(f"could not load {title} under {path}: {err}") from err
 
 
-def _image_set(images: np.ndarray, labels, classes, prefix: str, image_size, n, seed) -> ImageSet:
-    if image_size:
-        images = resize_images(images, image_size)
-    full = ImageSet(
-        images=np.ascontiguousarray(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        ids=np.array([f"{prefix}/{i:05d}" for i in range(len(images))]),
-        classes=list(classes),
-    )
-    return random_subset(full, n, seed)
+def _splits(key: str, title: str, folder: str, make_split, to_nhwc, path: str | None, *, image_size,
+            download: bool, seed: int, num_train, num_test) -> Dataset:
+    """Both labelled splits of a torchvision set: ``make_split(split)`` returns the dataset
+    class with its split argument bound; ``to_nhwc(ds)`` returns (images, labels)."""
+    check_path(key, path, required=True)
+    splits = {}
+    for split, n in [("train", num_train), ("test", num_test)]:
+        ds = _load(title, folder, make_split(split, download), path, download)
+        images, labels = to_nhwc(ds)
+        if image_size:
+            images = resize_images(images, image_size)
+        full = ImageSet(images=np.ascontiguousarray(images), labels=np.asarray(labels, dtype=np.int64),
+                        ids=np.array([f"{key}/{split}/{i:05d}" for i in range(len(images))]),
+                        classes=list(ds.classes))
+        splits[split] = random_subset(full, n, seed)
+    return Dataset(name=f"{key}:{path}", train=splits["train"], test=splits["test"])
 
 
 @DATASETS.register("cifar10", help="CIFAR-10 via torchvision, 32x32 RGB, 10 classes (cifar10:PATH)")
-def build_cifar10(
-    path: str | None = None,
-    *,
-    image_size: int | None = None,
-    download: bool = False,
-    seed: int = 0,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    **_ignored,
-) -> Dataset:
+def build_cifar10(path: str | None = None, *, image_size: int | None = None, download: bool = False,
+                  seed: int = 0, num_train: int | None = None, num_test: int | None = None, **_ignored) -> Dataset:
     """CIFAR-10 from ``PATH/cifar-10-batches-py``."""
-    check_path("cifar10", path, required=True)
     from torchvision.datasets import CIFAR10
 
-    splits = {}
-    for split, n in [("train", num_train), ("test", num_test)]:
-        make = partial(CIFAR10, train=split == "train", download=download)
-        ds = _load("CIFAR-10", "cifar-10-batches-py", make, path, download)
-        # ds.data is (N, 32, 32, 3) uint8 already
-        splits[split] = _image_set(
-            ds.data, ds.targets, ds.classes, f"cifar10/{split}", image_size, n, seed
-        )
-    return Dataset(name=f"cifar10:{path}", train=splits["train"], test=splits["test"])
+    return _splits("cifar10", "CIFAR-10", "cifar-10-batches-py",
+                   lambda split, dl: partial(CIFAR10, train=split == "train", download=dl),
+                   lambda ds: (ds.data, ds.targets),  # data is (N, 32, 32, 3) uint8 already
+                   path, image_size=image_size, download=download, seed=seed, num_train=num_train,
+                   num_test=num_test)
 
 
-@DATASETS.register(
-    "stl10", help="STL-10 labelled splits via torchvision, 96x96 RGB, 10 classes (stl10:PATH)"
-)
-def build_stl10(
-    path: str | None = None,
-    *,
-    image_size: int | None = None,
-    download: bool = False,
-    seed: int = 0,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    **_ignored,
-) -> Dataset:
+@DATASETS.register("stl10", help="STL-10 labelled splits via torchvision, 96x96 RGB, 10 classes (stl10:PATH)")
+def build_stl10(path: str | None = None, *, image_size: int | None = None, download: bool = False,
+                seed: int = 0, num_train: int | None = None, num_test: int | None = None, **_ignored) -> Dataset:
     """STL-10 ``train`` and ``test`` from ``PATH/stl10_binary``."""
-    check_path("stl10", path, required=True)
     from torchvision.datasets import STL10
 
-    splits = {}
-    for split, n in [("train", num_train), ("test", num_test)]:
-        make = partial(STL10, split=split, download=download)
-        ds = _load("STL-10", "stl10_binary", make, path, download)
-        images = ds.data.transpose(0, 2, 3, 1)  # (N, 3, 96, 96) -> (N, 96, 96, 3)
-        splits[split] = _image_set(
-            images, ds.labels, ds.classes, f"stl10/{split}", image_size, n, seed
-        )
-    return Dataset(name=f"stl10:{path}", train=splits["train"], test=splits["test"])
+    return _splits("stl10", "STL-10", "stl10_binary",
+                   lambda split, dl: partial(STL10, split=split, download=dl),
+                   lambda ds: (ds.data.transpose(0, 2, 3, 1), ds.labels),  # (N, 3, 96, 96) -> NHWC
+                   path, image_size=image_size, download=download, seed=seed, num_train=num_train,
+                   num_test=num_test)
