@@ -88,7 +88,7 @@ def _add_label_efficiency(sub) -> None:
 def _add_inspect_report(sub) -> None:
     p = sub.add_parser("inspect", help="how compact, collapsed, aligned, disentangled, transferable",
                        description="Diagnostics of a frozen encoder's representation: effective rank, "
-                                   "dimensions for 90%% variance, collapse, alignment/uniformity, DCI and "
+                                   "dimensions for 90% variance, collapse, (relative) alignment, uniformity, DCI and "
                                    "MIG against ground-truth factors (shapes), optional transfer; each "
                                    "next to the same backbone at random initialisation. Writes "
                                    "inspect.json and pictures (2-D maps by class and by factor, "
