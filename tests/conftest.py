@@ -79,3 +79,30 @@ def learn_on_shapes(method: str, out_dir, *, options: dict | None = None, backbo
     history = engine.train(m, ds.train.images, cfg, out_dir, log=lambda s: None)
     measured = (before, measure(m, ds)) if measure else ()
     return Learned(random_init, knn(m.encoder), history, m, measured)
+
+
+def stop_and_resume(make, data, out_dir, *, stop_at: int, method: str, batch_size: int = 8,
+                    **optim) -> tuple[Method, Method, Method]:
+    """Three runs of 2 epochs on ``data``: uninterrupted, stopped after ``stop_at`` steps, and
+    resumed from that stop (with a different global seed, which must not matter).  Returns
+    ``(full, part, resumed)`` after asserting that ``full`` and ``resumed`` end bit-identical."""
+
+    def run(path, **train):
+        m = make()
+        cfg = RunConfig(method=method)
+        cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, batch_size, False
+        cfg.optim.warmup_epochs = 1
+        apply_overrides(cfg, {**{f"train.{k}": v for k, v in train.items() if k != "resume"},
+                              **{f"optim.{k}": v for k, v in optim.items()}})
+        engine.train(m, data, cfg, path, resume=train.get("resume", False), log=lambda s: None)
+        return m
+
+    full = run(out_dir / "full")
+    part = run(out_dir / "part", max_steps=stop_at)
+    torch.manual_seed(123)
+    resumed = run(out_dir / "part", resume=True)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    return full, part, resumed
