@@ -98,7 +98,27 @@ def test_head_is_weight_normalised_with_norm_one():
         w = m.head.last_layer / m.head.last_layer.norm(dim=1, keepdim=True)
     assert torch.allclose(out, z @ w.T, atol=1e-6)
     assert out.abs().max() <= 1 + 1e-6  # cosine similarities to unit prototypes
-    assert not any("weight_g" in n for n, _ in m.named_parameters())  # g fixed at 1: no parameter
+    g = m.head.last_layer_g
+    assert not g.requires_grad and torch.equal(g, torch.ones_like(g))  # g fixed at 1, never trained
+    assert "head.last_layer_g" not in dict(m.trainable_parameters())
+
+
+def test_learned_prototype_norms_scale_the_logits_and_get_gradients():
+    m = make(freeze_last_layer=0, norm_last_layer=False)
+    assert "head.last_layer_g" in dict(m.trainable_parameters())
+    assert not m.teacher_head.last_layer_g.requires_grad  # the teacher's g follows by EMA only
+    h = torch.randn(5, m.encoder.num_features)
+    with torch.no_grad():
+        before = m.head(h)
+        m.head.last_layer_g.mul_(3.0)
+        assert torch.allclose(m.head(h), 3.0 * before, atol=1e-6)
+    loss, _ = m.training_step(torch.rand(4, 3, 16, 16), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert m.head.last_layer_g.grad is not None and m.head.last_layer_g.grad.abs().sum() > 0
+    frozen = make(freeze_last_layer=1, norm_last_layer=False)  # frozen with v in the first epoch
+    frozen.setup_schedules(10, 5)
+    frozen.training_step(torch.rand(4, 3, 16, 16), torch.Generator().manual_seed(0))[0].backward()
+    assert frozen.head.last_layer_g.grad is None and frozen.head.last_layer.grad is None
 
 
 # -------------------------------------------------------------------------- closed form

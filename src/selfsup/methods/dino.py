@@ -73,7 +73,8 @@ from selfsup.views import augment, build_views, dino_views
 
 
 class DINOHead(nn.Module):
-    """MLP (GELU) -> L2-normalise -> weight-normalised linear layer to K prototypes (g = 1)."""
+    """MLP (GELU) -> L2-normalise -> weight-normalised linear layer to K prototypes
+    (norms g fixed at 1, or learned with ``norm_last_layer=False``)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, layers: int = 3,
                  batch_norm: bool = False, norm_last_layer: bool = True):
