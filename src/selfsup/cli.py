@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list methods (with presets), backbones and data sources")
     p = sub.add_parser("demo", help="SimCLR on shapes, then 1%%/10%%/100%% labels vs training from scratch",
                        description="Pretrain SimCLR on the built-in shapes data without labels, then compare "
-                                   "a linear probe with 1%%, 10%% and 100%% of the labels against the same "
+                                   "a linear probe with 1%, 10% and 100% of the labels against the same "
                                    "backbone trained from scratch; writes a Markdown report and a 2-D map.")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default from the demo)")
