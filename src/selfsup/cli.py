@@ -198,16 +198,17 @@ def cmd_list(_a) -> None:
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
 
+    w = max(len(n) for reg in (METHODS, BACKBONES, DATASETS) for n in reg)
     print("methods:")
     for n in METHODS:
         presets = ", ".join(sorted(METHODS.get(n).presets))
-        print(f"  {n:14s} {METHODS.help(n)}  [presets: {presets}]")
+        print(f"  {n:{w}s}  {METHODS.help(n)}  [presets: {presets}]")
     print("backbones:")
     for n in BACKBONES:
-        print(f"  {n:14s} {BACKBONES.help(n)}")
+        print(f"  {n:{w}s}  {BACKBONES.help(n)}")
     print("data sources:")
     for n in DATASETS:
-        print(f"  {n:14s} {DATASETS.help(n)}")
+        print(f"  {n:{w}s}  {DATASETS.help(n)}")
 
 
 def main(argv: list[str] | None = None) -> int:
