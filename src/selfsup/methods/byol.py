@@ -33,7 +33,7 @@ import torch.nn as nn
 from selfsup.losses import byol_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
 from selfsup.monitor import normalized_std
-from selfsup.views import augment, build_views, byol_views
+from selfsup.views import STRONG_VIEWS, augment, build_views, byol_views
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
@@ -63,7 +63,7 @@ class BYOL(Method):
         "cpu": {"optim.name": "adamw", "optim.base_lr": 4e-3, "optim.weight_decay": 1e-4,
                 "optim.warmup_epochs": 2, "train.batch_size": 128, "train.epochs": 30,
                 "method_cfg.hidden_dim": 512, "method_cfg.tau": 0.98,
-                "method_cfg.views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
+                "method_cfg.views": STRONG_VIEWS},
         # CIFAR-scale recipe: ResNet-18, LARS 0.2 x bs/256 (paper's 0.2 per 256 with LARS), wd 1.5e-6
         "gpu": {"backbone": "resnet18", "optim.name": "lars", "optim.base_lr": 0.2,
                 "optim.lr_scaling": "linear", "optim.weight_decay": 1.5e-6, "optim.warmup_epochs": 10,

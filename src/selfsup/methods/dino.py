@@ -74,7 +74,7 @@ from selfsup.errors import SelfSupError
 from selfsup.losses import dino_center_update, dino_diagnostics, dino_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
 from selfsup.optim import cosine_schedule
-from selfsup.views import augment, build_views, dino_views
+from selfsup.views import STRONG_VIEWS, augment, build_views, dino_views
 
 
 class DINOHead(nn.Module):
@@ -153,7 +153,7 @@ class DINO(Method):
                 "optim.min_lr": 1e-6, "train.batch_size": 128, "train.epochs": 40,
                 "method_cfg.out_dim": 256, "method_cfg.head_bn": True, "method_cfg.n_local": 0,
                 "method_cfg.momentum_teacher": 0.95,
-                "method_cfg.views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
+                "method_cfg.views": STRONG_VIEWS},
         # The paper's ViT-S/16 recipe (patch 4 at 32 px), with a CIFAR-sized K.
         "gpu": {"backbone": "vit_small", "backbone_cfg.drop_path": 0.1, "optim.name": "adamw",
                 "optim.base_lr": 5e-4, "optim.lr_scaling": "linear", "optim.weight_decay": 0.04,

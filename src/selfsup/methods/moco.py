@@ -41,7 +41,7 @@ from selfsup.errors import SelfSupError
 from selfsup.losses import moco_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
 from selfsup.monitor import normalized_std
-from selfsup.views import augment, build_views, moco_v2_views
+from selfsup.views import STRONG_VIEWS, augment, build_views, moco_v2_views
 
 
 def moco_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -71,7 +71,7 @@ class MoCo(Method):
         "cpu": {"optim.name": "adamw", "optim.base_lr": 4e-3, "optim.weight_decay": 1e-4,
                 "optim.warmup_epochs": 2, "train.batch_size": 128, "train.epochs": 30,
                 "method_cfg.queue_size": 1024, "method_cfg.momentum": 0.99, "method_cfg.temperature": 0.1,
-                "method_cfg.views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}},
+                "method_cfg.views": STRONG_VIEWS},
         # the authors' CIFAR demo: ResNet-18, SGD lr 0.06 at bs 512, wd 5e-4, K=4096, m=0.99, T=0.1
         "gpu": {"backbone": "resnet18", "optim.name": "sgd", "optim.base_lr": 0.03,
                 "optim.lr_scaling": "linear", "optim.weight_decay": 5e-4, "optim.momentum": 0.9,
