@@ -102,3 +102,11 @@ def test_knn_and_linear_probe_agree_with_sklearn():
     sk_lin = lr.fit((xtr - mu) / sd, ytr).score((xte - mu) / sd, yte)
     ours_lin = linear_probe_accuracy(torch.tensor(xtr), torch.tensor(ytr), torch.tensor(xte), torch.tensor(yte), l2=l2)
     assert abs(ours_lin - sk_lin) <= 0.01
+
+
+def test_a_nested_override_leaves_the_preset_untouched():
+    from selfsup.api import build_config
+
+    tuned = build_config("moco", overrides={"method_cfg.views.crop_scale": [0.5, 1.0]})
+    assert tuned.method_cfg["views"]["crop_scale"] == [0.5, 1.0]
+    assert build_config("moco").method_cfg["views"]["crop_scale"] == [0.25, 1.0]

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import sys
@@ -60,7 +61,7 @@ def build_config(method: str = "simclr", *, preset: str | None = "cpu", config_f
         if preset not in cls.presets:
             raise SelfSupError(f"method {method!r} has no preset {preset!r}; "
                                f"valid: {', '.join(sorted(cls.presets))}")
-        apply_overrides(cfg, cls.presets[preset])
+        apply_overrides(cfg, copy.deepcopy(cls.presets[preset]))  # a nested --set must not edit the preset
     if config_file:
         apply_overrides(cfg, load_yaml(config_file))
     if overrides:
