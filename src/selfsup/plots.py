@@ -55,13 +55,7 @@ def embedding_map(maps: dict[str, np.ndarray], labels: np.ndarray, classes: list
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][-1].legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, title)
 
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -69,6 +63,16 @@ def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def _finish(fig, path: str | Path, title: str, unused_axes: Iterable = ()) -> Path:
+    """Blank the panels left over in a grid, add the title, lay out tightly and save."""
+    for ax in unused_axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -114,12 +118,7 @@ def training_curves(metrics: str | Path | Iterable[dict], path: str | Path, titl
         ax.grid(alpha=0.3)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title, list(axes.flat)[len(keys):])
 
 
 # ----------------------------------------------------------------------------- maps coloured by factor
@@ -160,12 +159,7 @@ def factor_maps(xy: np.ndarray, factors: np.ndarray, factor_names: Sequence[str]
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(factor_names):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title, list(axes.flat)[len(factor_names):])
 
 
 # ----------------------------------------------------------------------------- image grids
