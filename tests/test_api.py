@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import selfsup
+from selfsup.api import build_config
 from selfsup.backbones import create_backbone
 from selfsup.data import create_dataset
-from selfsup.features import extract_features
+from selfsup.features import eval_mode, extract_features
 from selfsup.knn import knn_accuracy
 from selfsup.linear import linear_probe_accuracy
 
@@ -105,8 +106,21 @@ def test_knn_and_linear_probe_agree_with_sklearn():
 
 
 def test_a_nested_override_leaves_the_preset_untouched():
-    from selfsup.api import build_config
-
     tuned = build_config("moco", overrides={"method_cfg.views.crop_scale": [0.5, 1.0]})
     assert tuned.method_cfg["views"]["crop_scale"] == [0.5, 1.0]
     assert build_config("moco").method_cfg["views"]["crop_scale"] == [0.25, 1.0]
+
+
+def test_eval_mode_restores_the_previous_mode_even_after_an_error():
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2))
+    with eval_mode(net):
+        assert not net.training and not net[0].training
+    assert net.training and net[0].training
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("boom")
+    assert net.training
+    net.eval()
+    with eval_mode(net):
+        pass
+    assert not net.training  # a module that was in eval mode stays there
+

@@ -8,6 +8,7 @@ import torch
 from selfsup.backbones import Encoder, create_backbone
 from selfsup.api import build_config
 from selfsup.errors import SelfSupError
+from selfsup.features import eval_mode
 from selfsup.losses import mae_loss
 from selfsup.methods import create_method
 from selfsup.methods.mae import random_masking, reconstruct, sincos_pos_embed_2d
@@ -228,12 +229,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 @torch.no_grad()
 def held_out_loss(m, images_nhwc):
-    m.eval()
     x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float() / 255
-    pred, mask, _ = m.masked_forward(x, torch.Generator().manual_seed(0))
-    loss = mae_loss(pred, m.targets(x), mask, norm_pix=True).item()
-    m.train()
-    return loss
+    with eval_mode(m):
+        pred, mask, _ = m.masked_forward(x, torch.Generator().manual_seed(0))
+    return mae_loss(pred, m.targets(x), mask, norm_pix=True).item()
 
 
 @pytest.mark.slow

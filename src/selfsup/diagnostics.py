@@ -45,6 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from selfsup.features import eval_mode
 from selfsup.monitor import COLLAPSE_STD, normalized_std
 
 # Kinds of the shapes dataset's factors: "categorical", or the period of a periodic one.
@@ -499,15 +500,13 @@ def _two_view_embeddings(encoder: torch.nn.Module, images: np.ndarray, seed: int
     device = next(encoder.parameters()).device
     cfg = for_small_images(simclr_views(ALIGNMENT_VIEW_STRENGTH), images.shape[1])
     gen = torch.Generator().manual_seed(seed)
-    was_training = encoder.training
-    encoder.eval()
     a, b = [], []
-    for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device)
-        x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W) in [0, 1]
-        a.append(encoder(augment(x, cfg, gen)).float().cpu())
-        b.append(encoder(augment(x, cfg, gen)).float().cpu())
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device)
+            x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W) in [0, 1]
+            a.append(encoder(augment(x, cfg, gen)).float().cpu())
+            b.append(encoder(augment(x, cfg, gen)).float().cpu())
     return torch.cat(a), torch.cat(b)
 
 

@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from selfsup.errors import SelfSupError
+from selfsup.features import eval_mode
 from selfsup.losses import reconstruction_loss
 from selfsup.methods.base import METHODS, Method
 from selfsup.monitor import normalized_std
@@ -241,11 +242,8 @@ def reconstructions(method: Autoencoder, images: torch.Tensor, generator: torch.
     to [0, 1] for display only (Gaussian noise is not clipped in training).
     """
     generator = generator or torch.Generator().manual_seed(0)
-    was_training = method.training
-    method.eval()
-    device = next(method.parameters()).device
-    clean = images.to(device)
-    corrupted = method.corrupt(clean, generator)
-    _, recon = method.reconstruct(corrupted)
-    method.train(was_training)
+    clean = images.to(next(method.parameters()).device)
+    with eval_mode(method):
+        corrupted = method.corrupt(clean, generator)
+        _, recon = method.reconstruct(corrupted)
     return clean, corrupted.clamp(0.0, 1.0), recon

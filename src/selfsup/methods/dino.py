@@ -71,6 +71,7 @@ import torch.nn.functional as F
 
 from selfsup.backbones import Encoder
 from selfsup.errors import SelfSupError
+from selfsup.features import eval_mode
 from selfsup.losses import dino_center_update, dino_diagnostics, dino_loss
 from selfsup.methods.base import METHODS, Method, momentum_update
 from selfsup.optim import cosine_schedule
@@ -272,13 +273,11 @@ def last_block_attention(encoder: Encoder, images: torch.Tensor) -> torch.Tensor
     block = vit.blocks[-1]
     seen: list[torch.Tensor] = []
     handle = block.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
-    was_training = encoder.training
-    encoder.eval()
     try:
-        encoder.forward_tokens(images)
+        with eval_mode(encoder):
+            encoder.forward_tokens(images)
     finally:
         handle.remove()
-        encoder.train(was_training)
     attn = block.attn
     x = block.norm1(seen[0])  # (N, T, D)
     n, t, _ = x.shape

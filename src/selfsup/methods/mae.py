@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from selfsup.backbones import BACKBONES, default_patch_size
 from selfsup.errors import SelfSupError
+from selfsup.features import eval_mode
 from selfsup.losses import mae_loss, patchify, unpatchify
 from selfsup.methods.base import METHODS, Method
 from selfsup.monitor import normalized_std
@@ -289,10 +290,9 @@ def reconstruct(method: MAE, images: torch.Tensor, generator: torch.Generator | 
     the model's work.
     """
     generator = generator or torch.Generator().manual_seed(0)
-    was_training = method.training
-    method.eval()
     x = images.to(next(method.parameters()).device).float()
-    pred, mask, _ = method.masked_forward(x, generator)  # (N, L, P), (N, L)
+    with eval_mode(method):
+        pred, mask, _ = method.masked_forward(x, generator)  # (N, L, P), (N, L)
     target = method.targets(x)  # (N, L, P)
     if method.cfg.norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)
@@ -303,5 +303,4 @@ def reconstruct(method: MAE, images: torch.Tensor, generator: torch.Generator | 
     grid = (x.shape[2] // p, x.shape[3] // p)
     masked_input = unpatchify(target.masked_fill(removed, 0.5), p, c, grid=grid)
     recon = unpatchify(torch.where(removed, pred, target), p, c, grid=grid)
-    method.train(was_training)
     return x, masked_input, recon.clamp(0.0, 1.0)
