@@ -87,14 +87,14 @@ def stop_and_resume(make, data, out_dir, *, stop_at: int, method: str, batch_siz
     resumed from that stop (with a different global seed, which must not matter).  Returns
     ``(full, part, resumed)`` after asserting that ``full`` and ``resumed`` end bit-identical."""
 
-    def run(path, **train):
+    def run(path, resume=False, **train):
         m = make()
         cfg = RunConfig(method=method)
         cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, batch_size, False
         cfg.optim.warmup_epochs = 1
-        apply_overrides(cfg, {**{f"train.{k}": v for k, v in train.items() if k != "resume"},
+        apply_overrides(cfg, {**{f"train.{k}": v for k, v in train.items()},
                               **{f"optim.{k}": v for k, v in optim.items()}})
-        engine.train(m, data, cfg, path, resume=train.get("resume", False), log=lambda s: None)
+        engine.train(m, data, cfg, path, resume=resume, log=lambda s: None)
         return m
 
     full = run(out_dir / "full")
