@@ -21,7 +21,7 @@ import torch
 
 import selfsup
 from selfsup.api import versions
-from selfsup.label_efficiency import fresh_copy
+from selfsup.eval.label_efficiency import fresh_copy
 from selfsup.methods import METHODS
 
 

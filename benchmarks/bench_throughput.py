@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from selfsup.api import versions
-from selfsup.backbones import create_backbone
+from selfsup.models import create_backbone
 from selfsup.config import OptimConfig
-from selfsup.engine import select_device
+from selfsup.train.engine import select_device
 from selfsup.methods import create_method
-from selfsup.optim import build_optimizer
+from selfsup.train.optim import build_optimizer
 
 CASES = [  # (backbone, image side px, batch size)
     ("small_cnn", 32, 256),

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from selfsup.views import BLUR_REFERENCE_SIDE, augment, blur_kernel_size, simclr_views
+from selfsup.data.views import BLUR_REFERENCE_SIDE, augment, blur_kernel_size, simclr_views
 
 N, SIDE, RUNS = 256, 32, 20
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from selfsup import engine
+from selfsup.train import engine
 from selfsup.api import channel_stats
-from selfsup.backbones import create_backbone
+from selfsup.models import create_backbone
 from selfsup.config import RunConfig, apply_overrides
 from selfsup.data import create_dataset
-from selfsup.features import extract_features
-from selfsup.knn import knn_accuracy
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_accuracy
 from selfsup.methods import Method, create_method
 
 

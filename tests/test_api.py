@@ -7,11 +7,12 @@ import torch
 
 import selfsup
 from selfsup.api import build_config
-from selfsup.backbones import create_backbone
+from selfsup.models import create_backbone
 from selfsup.data import create_dataset
-from selfsup.features import eval_mode, extract_features
-from selfsup.knn import knn_accuracy
-from selfsup.linear import linear_probe_accuracy
+from selfsup.eval.features import extract_features
+from selfsup.models import eval_mode
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.linear import linear_probe_accuracy
 
 
 @pytest.fixture(scope="module")

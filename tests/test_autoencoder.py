@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.backbones import create_backbone
+from selfsup.models import create_backbone
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
 from selfsup.methods.autoencoder import ConvDecoder, reconstructions, upsampling_plan

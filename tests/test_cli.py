@@ -97,7 +97,7 @@ def test_bad_override(capsys, tmp_path):
 
 
 def test_list_comes_from_the_registries(capsys):
-    from selfsup.backbones import BACKBONES
+    from selfsup.models import BACKBONES
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup import diagnostics as dg
-from selfsup import plots
-from selfsup.backbones import create_backbone
+from selfsup.eval import diagnostics as dg
+from selfsup.output import plots
+from selfsup.models import create_backbone
 from selfsup.data import create_dataset
 
 

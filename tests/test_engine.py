@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup import engine
-from selfsup.backbones import create_backbone
+from selfsup.train import checkpoint, engine
+from selfsup.models import create_backbone
 from selfsup.config import RunConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
-from selfsup.optim import LARS, cosine_schedule, scaled_lr
+from selfsup.schedules import cosine_schedule
+from selfsup.train.optim import LARS, scaled_lr
 
 
 def tiny_setup(tmp_path, method="simclr", **train):
@@ -37,7 +38,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
     part, cfg = tiny_setup(tmp_path / "part", max_steps=5)  # stops mid-epoch 2 (4 steps/epoch)
     engine.train(part, data, cfg, tmp_path / "part", log=lambda s: None)
-    ckpt = engine.load_checkpoint(tmp_path / "part")
+    ckpt = checkpoint.load_checkpoint(tmp_path / "part")
     assert ckpt["step"] == 5
 
     resumed, cfg = tiny_setup(tmp_path / "part")
@@ -85,15 +86,15 @@ def test_batch_errors(tmp_path):
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(SelfSupError, match="not found"):
-        engine.load_checkpoint(tmp_path / "nope.pt")
+        checkpoint.load_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
     with pytest.raises(SelfSupError, match="cannot read checkpoint"):
-        engine.load_checkpoint(bad)
+        checkpoint.load_checkpoint(bad)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(SelfSupError, match="not a selfsup checkpoint"):
-        engine.load_checkpoint(other)
+        checkpoint.load_checkpoint(other)
 
 
 def test_cosine_schedule_warmup_reaches_base_at_last_warmup_step():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup import losses as L
+from selfsup.methods import losses as L
 from selfsup.errors import SelfSupError
 
 f64 = torch.float64

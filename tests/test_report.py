@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from selfsup.report import write_report  # noqa: E402
+from selfsup.output.report import write_report  # noqa: E402
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
 

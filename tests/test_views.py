@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from selfsup.views import (
+from selfsup.data.views import (
     GRAY_WEIGHTS,
     ViewConfig,
     adjust_contrast,

@@ -5,6 +5,8 @@ The public API (imported lazily, so ``selfsup --help`` stays fast)::
     selfsup.pretrain(method, data, **options) -> Run
     selfsup.evaluate(encoder_or_path, data) -> dict
     selfsup.embed(encoder_or_path, data, out_dir) -> paths
+    selfsup.label_efficiency(encoder_or_path, data) -> dict
+    selfsup.inspect_encoder(encoder_or_path, data) -> dict
     selfsup.load_encoder(path) -> nn.Module
     selfsup.export_encoder(encoder, path)
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("pretrain", "evaluate", "embed", "load_encoder", "export_encoder", "build_config", "Run")
+_API = ("pretrain", "evaluate", "embed", "label_efficiency", "inspect_encoder", "load_encoder", "export_encoder",
+        "build_config", "Run")
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import platform
 import sys
@@ -19,15 +20,15 @@ import numpy as np
 import torch
 import yaml
 
-from selfsup import engine
-from selfsup.backbones import Encoder, create_backbone
 from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides
-from selfsup.data import Dataset, create_dataset
+from selfsup.data import Dataset, ImageSet, as_dataset, hold_out_test
 from selfsup.errors import SelfSupError
-from selfsup.features import extract_features
-from selfsup.knn import knn_accuracy
-from selfsup.linear import linear_probe_accuracy
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.methods import METHODS, Method, create_method
+from selfsup.models import Encoder, create_backbone, rebuild_encoder
+from selfsup.train import checkpoint, engine
 
 # keyword shorthands accepted by pretrain(); every other option is a dotted override
 SHORTHANDS = {
@@ -71,12 +72,13 @@ def build_config(method: str = "simclr", *, preset: str | None = "cpu", config_f
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every registry name and choice before any data is loaded or model built."""
-    from selfsup.backbones import BACKBONES
+    from selfsup.models import BACKBONES
     from selfsup.data import DATASETS
 
     METHODS.get(cfg.method)
     BACKBONES.get(cfg.backbone)
-    DATASETS.get(cfg.data.source.partition(":")[0])
+    if not cfg.data.source.startswith(PYTHON_SOURCE):
+        DATASETS.get(cfg.data.source.partition(":")[0])
     if cfg.optim.name not in ("adamw", "sgd", "lars"):
         raise SelfSupError(f"unknown optimizer {cfg.optim.name!r}; valid: adamw, sgd, lars")
     if cfg.optim.lr_scaling not in ("linear", "sqrt", "none"):
@@ -100,30 +102,49 @@ def versions() -> dict[str, Any]:
     return info
 
 
-def load_data(cfg: RunConfig) -> Dataset:
+PYTHON_SOURCE = "python:"  # data.source of a run whose data came as a Python object
+
+
+def load_data(cfg: RunConfig, data: Any = None) -> Dataset:
+    """The run's data: ``data`` (a Python object, see :func:`selfsup.data.as_dataset`) or
+    the source named in the config."""
     d = cfg.data
-    ds = create_dataset(d.source, image_size=d.image_size, cache_dir=d.cache_dir, strict=d.strict,
-                        download=d.download, seed=0)
+    ds = as_dataset(d.source if data is None else data, image_size=d.image_size, cache_dir=d.cache_dir,
+                    strict=d.strict, download=d.download, seed=0, in_memory=d.in_memory, progress=cfg.train.progress)
     if d.num_train is not None:
         ds.train = ds.train.subset(np.arange(min(d.num_train, len(ds.train))))
     return ds
 
 
-def channel_stats(images: np.ndarray, max_images: int = 10_000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, H, W, C) uint8 images, in [0, 1] units."""
-    x = images[:max_images].astype(np.float32) / 255
-    return x.mean(axis=(0, 1, 2)).tolist(), np.maximum(x.std(axis=(0, 1, 2)), 1e-3).tolist()
+def channel_stats(images, max_images: int = 10_000, chunk: int = 1000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the first ``max_images`` images (an ImageSet or a
+    (N, H, W, C) uint8 array), in [0, 1] units; read ``chunk`` images at a time."""
+    samples = images if isinstance(images, ImageSet) else None
+    n = min(len(images), max_images)
+    total = total_sq = 0.0
+    for s in range(0, n, chunk):
+        idx = np.arange(s, min(s + chunk, n))
+        x = (samples.read(idx) if samples is not None else images[idx]).astype(np.float64) / 255
+        total = total + x.sum(axis=(0, 1, 2))
+        total_sq = total_sq + (x * x).sum(axis=(0, 1, 2))
+    count = n * images.shape[1] * images.shape[2] if samples is None else n * samples.spec.image_size ** 2
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    return [float(v) for v in mean], [float(v) for v in np.maximum(std, 1e-3)]
 
 
-def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | None = "cpu",
+def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "cpu",
              config_file: str | None = None, overrides: dict[str, Any] | list[str] | None = None,
              resume: bool = False, log: Callable[[str], None] = print, **shorthands: Any) -> Run:
     """Pretrain an encoder without labels; returns the :class:`Run`.
 
     ``shorthands`` are ``epochs, batch_size, lr, seed, device, out_dir, image_size,
-    num_train, backbone, optimizer, max_steps, progress``.  With ``resume=True`` the run
-    in ``out_dir`` continues from its checkpoint with its saved configuration (overrides
-    such as a larger ``epochs`` still apply).
+    num_train, backbone, optimizer, max_steps, progress``.  ``data`` is a source spec
+    (``"shapes"``, ``"folder:PATH"``, ``"hf:PATH"``) or a Python object: a numpy array,
+    ``(images, labels)``, a torch or Hugging Face Dataset (see
+    :func:`selfsup.data.as_dataset`).  With ``resume=True`` the run in ``out_dir``
+    continues from its checkpoint with its saved configuration (overrides such as a
+    larger ``epochs`` still apply; pass a Python object again as ``data``).
     """
     extra: dict[str, Any] = {}
     for k, v in shorthands.items():
@@ -131,21 +152,26 @@ def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | N
             raise SelfSupError(f"pretrain() got an unknown option {k!r}; valid: {', '.join(SHORTHANDS)}")
         if v is not None:
             extra[SHORTHANDS[k]] = v
-    if data is not None:
+    obj = None
+    if isinstance(data, str):
         extra["data.source"] = data
+    elif data is not None:
+        obj = data
+        extra["data.source"] = PYTHON_SOURCE + type(data).__name__
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     extra.update(overrides or {})
     ckpt = None
     if resume:
-        ckpt = engine.load_checkpoint(Path(extra.get("train.out_dir", RunConfig().train.out_dir)))
+        ckpt = checkpoint.load_checkpoint(Path(extra.get("train.out_dir", RunConfig().train.out_dir)))
         cfg = validate(apply_overrides(from_dict(ckpt["config"]), extra))
     else:
         cfg = build_config(method, preset=preset, config_file=config_file, overrides=extra)
 
-    ds = load_data(cfg)
-    images = ds.train.images
-    mean, std = channel_stats(images)
+    if cfg.data.source.startswith(PYTHON_SOURCE) and obj is None:
+        raise SelfSupError("this run was trained on a Python object: pass it again as data= to resume")
+    ds = load_data(cfg, obj)
+    mean, std = channel_stats(ds.train)
     torch.manual_seed(cfg.train.seed)  # weights are a function of the seed
     encoder = create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size,
                               mean=mean, std=std, **cfg.backbone_cfg)
@@ -154,8 +180,8 @@ def pretrain(method: str = "simclr", data: str | None = None, *, preset: str | N
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run_dir / "env.json").write_text(json.dumps(versions(), indent=2))
-    log(f"data {ds.name}: {len(images)} training images of {ds.image_size}px x {ds.channels} channels")
-    history = engine.train(m, images, cfg, run_dir, resume=ckpt or False, log=log)
+    log(f"data {ds.name}: {len(ds.train)} training images of {ds.image_size}px x {ds.channels} channels")
+    history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log)
     export_encoder(m.encoder, run_dir / "encoder.pt")
     return Run(cfg, run_dir, m, ds, history)
 
@@ -164,8 +190,8 @@ def export_encoder(encoder: Encoder, path: str | Path) -> Path:
     """Save the encoder alone (backbone name, builder arguments, weights, normalisation)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine.atomic_save({"format": "selfsup-encoder", "encoder": {"name": encoder.name, "kwargs": encoder.kwargs},
-                        "state_dict": encoder.state_dict()}, path)
+    checkpoint.atomic_save({"format": checkpoint.ENCODER_FORMAT, "state_dict": encoder.state_dict(),
+                            "encoder": {"name": encoder.name, "kwargs": encoder.kwargs}}, path)
     return path
 
 
@@ -175,52 +201,59 @@ def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
     Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) to (N, D).
     """
     p = Path(path)
-    if p.is_dir() and (p / "encoder.pt").is_file() and not (p / engine.CHECKPOINT).is_file():
+    if p.is_dir() and (p / "encoder.pt").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
         p = p / "encoder.pt"
-    ckpt = engine.load_checkpoint(p)
-    spec = ckpt["encoder"]
-    if ckpt["format"] == "selfsup-encoder":
-        state = ckpt["state_dict"]
-    else:
-        state = {k[len("encoder."):]: v for k, v in ckpt["method_state"].items() if k.startswith("encoder.")}
-    kwargs = dict(spec["kwargs"])
-    in_chans, image_size = kwargs.pop("in_chans"), kwargs.pop("image_size")
-    enc = create_backbone(spec["name"], in_chans=in_chans, image_size=image_size, **kwargs)
-    enc.load_state_dict(state)
-    enc.eval()
+    ckpt = checkpoint.load_checkpoint(p)
+    enc = rebuild_encoder(ckpt["encoder"], checkpoint.encoder_state(ckpt))
     return enc.to(engine.select_device(device or "auto"))
+
+
+def label_efficiency(encoder: Encoder | str | Path, data: Any = "shapes", cfg=None, *,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The label-efficiency study (:func:`selfsup.eval.label_efficiency.run_study`) of
+    ``encoder`` on ``data`` (a spec or a Python object)."""
+    from selfsup.eval import label_efficiency as le
+
+    enc = _as_encoder(encoder).cpu().eval()
+    ds = labelled_with_test(dataset_for(enc, data), "run a label-efficiency study")
+    return le.run_study(enc, ds, cfg or le.StudyConfig(), log=log)
+
+
+def labelled_with_test(ds: Dataset, what: str) -> Dataset:
+    """``ds`` when it has labels and a test split; a labelled source without a test split
+    gets a stratified 20% of its training images held out as one."""
+    if not ds.train.has_labels or (ds.test is not None and not ds.test.has_labels):
+        raise SelfSupError(f"{ds.name} needs labels to {what}; use a labelled source (shapes, digits, a folder "
+                           "with class sub-folders, (images, labels), a Dataset with a label column)")
+    return ds if ds.test is not None else hold_out_test(ds)
 
 
 def _as_encoder(encoder: Encoder | str | Path) -> Encoder:
     return encoder if isinstance(encoder, torch.nn.Module) else load_encoder(encoder)
 
 
-def dataset_for(encoder: Encoder, data: str | Dataset, **kw) -> Dataset:
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        ds = create_dataset(data, image_size=encoder.kwargs.get("image_size"), **kw)
+def dataset_for(encoder: Encoder, data: Any, **kw) -> Dataset:
+    """``data`` (a spec or a Python object) at the encoder's image size, checked for channels."""
+    ds = as_dataset(data, image_size=encoder.kwargs.get("image_size"), **kw)
     want = encoder.kwargs.get("in_chans")
     if want is not None and ds.channels != want:
         raise SelfSupError(f"the encoder takes {want}-channel images but {ds.name} has {ds.channels}")
     return ds
 
 
-def evaluate(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *, k: int = 20,
+def evaluate(encoder: Encoder | str | Path, data: Any = "shapes", *, k: int = 20,
              temperature: float = 0.07, linear: bool = True, out: str | Path | None = None,
              progress: bool = False) -> dict[str, Any]:
-    """kNN and linear-probe accuracy of frozen features on a labelled source's test split."""
+    """kNN and linear-probe accuracy of frozen features on a labelled source's test split
+    (a source without one gets a stratified 20% of its training labels held out)."""
     enc = _as_encoder(encoder)
-    ds = dataset_for(enc, data)
-    if not ds.train.has_labels or ds.test is None or not ds.test.has_labels:
-        raise SelfSupError(f"{ds.name} needs labels and a test split to evaluate; use a labelled "
-                           "source (shapes, digits, a folder with train/ and test/ class sub-folders)")
-    ftr = extract_features(enc, ds.train.images, progress=progress)
-    fte = extract_features(enc, ds.test.images, progress=progress)
-    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+    ds = labelled_with_test(dataset_for(enc, data), "evaluate")
+    ftr = extract_features(enc, ds.train, progress=progress)
+    fte = extract_features(enc, ds.test, progress=progress)
+    ytr, yte = torch.from_numpy(np.asarray(ds.train.labels)), torch.from_numpy(np.asarray(ds.test.labels))
     c = len(ds.train.classes)
     result: dict[str, Any] = {
-        "data": ds.name, "n_train": len(ftr), "n_test": len(fte), "feature_dim": int(ftr.shape[1]),
+        "data": ds.name, "test_split": ds.test_origin, "n_train": len(ftr), "n_test": len(fte), "feature_dim": int(ftr.shape[1]),
         "knn_top1": knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=temperature, num_classes=c),
         "knn_protocol": f"weighted kNN, cosine, k={k}, T={temperature}",
     }
@@ -233,26 +266,40 @@ def evaluate(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *, k
     return result
 
 
-def embed(encoder: Encoder | str | Path, data: str | Dataset, out_dir: str | Path, *,
-          split: str = "train", progress: bool = True) -> dict[str, Path]:
-    """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table."""
+def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
+          split: str = "train", progress: bool = True, chunk: int = 4096) -> dict[str, Path]:
+    """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table.
+
+    Everything is streamed: embeddings go batch by batch into a memory-mapped ``.npy``,
+    ids and CSV rows ``chunk`` at a time, so memory does not grow with the data."""
+    from numpy.lib.format import open_memmap
+
     enc = _as_encoder(encoder)
     ds = dataset_for(enc, data)
     part = ds.train if split == "train" else ds.test
     if part is None:
         raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
-    feats = extract_features(enc, part.images, progress=progress).numpy()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"embeddings": out / "embeddings.npy", "labels": out / "labels.npy",
              "ids": out / "ids.npy", "table": out / "embeddings.csv"}
-    np.save(paths["embeddings"], feats)
-    np.save(paths["labels"], part.labels)
-    np.save(paths["ids"], np.asarray(part.ids, dtype=str))
-    with paths["table"].open("w") as f:
-        f.write("id,label," + ",".join(f"f{i}" for i in range(feats.shape[1])) + "\n")
-        for i, row in enumerate(feats):
-            f.write(f"{part.ids[i]},{part.labels[i]}," + ",".join(f"{v:.6g}" for v in row) + "\n")
+    n, d = len(part), enc.num_features
+    feats = open_memmap(paths["embeddings"], mode="w+", dtype=np.float32, shape=(n, d))
+    extract_features(enc, part, progress=progress, out=feats)
+    feats.flush()
+    np.save(paths["labels"], np.asarray(part.labels))
+    chunks = [np.arange(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    width = max((len(str(i)) for c in chunks for i in part.ids[c]), default=1)
+    ids = open_memmap(paths["ids"], mode="w+", dtype=f"<U{width}", shape=(n,))
+    with paths["table"].open("w", newline="") as f:
+        table = csv.writer(f)
+        table.writerow(["id", "label", *(f"f{i}" for i in range(d))])
+        for c in chunks:
+            ids[c] = chunk_ids = np.asarray(part.ids[c], dtype=str)
+            for i, name, row in zip(c, chunk_ids, feats[c]):
+                table.writerow([name, int(part.labels[i]), *(f"{v:.6g}" for v in row)])
+    ids.flush()
+    del feats, ids
     return paths
 
 
@@ -260,7 +307,7 @@ SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed
                 "uniformity")
 
 
-def inspect_encoder(encoder: Encoder | str | Path, data: str | Dataset = "shapes", *,
+def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
                     out_dir: str | Path | None = None, transfer_to: str | None = None,
                     max_samples: int = 5000, projection: str = "tsne") -> dict[str, Any]:
     """Diagnostics of ``encoder`` next to the same backbone at random initialisation.
@@ -269,8 +316,9 @@ def inspect_encoder(encoder: Encoder | str | Path, data: str | Dataset = "shapes
     with ``out_dir`` also writes inspect.json, a 2-D map by class, maps by each ground-truth
     factor and a nearest-neighbour retrieval grid.
     """
-    from selfsup import diagnostics, plots
-    from selfsup.label_efficiency import fresh_copy
+    from selfsup.eval import diagnostics
+    from selfsup.eval.label_efficiency import fresh_copy
+    from selfsup.output import plots
 
     enc = _as_encoder(encoder).cpu().eval()
     ds = dataset_for(enc, data)
@@ -292,15 +340,17 @@ def inspect_encoder(encoder: Encoder | str | Path, data: str | Dataset = "shapes
         (out / "inspect.json").write_text(json.dumps(result, indent=2))
         part = ds.test if ds.test is not None else ds.train
         sub = np.random.default_rng(0).permutation(len(part))[:min(2000, len(part))]
-        feats = extract_features(enc, part.images[sub]).numpy()
+        shown = part.subset(sub)
+        images = shown.read(np.arange(len(shown)))  # (<= 2000, H, W, C)
+        feats = extract_features(enc, images).numpy()
         xy = plots.project_2d(feats, projection)
         if part.has_labels:
-            plots.embedding_map({f"{projection} of the representation": xy}, part.labels[sub], part.classes,
+            plots.embedding_map({f"{projection} of the representation": xy}, shown.labels, part.classes,
                                 out / "map_by_class.png")
         if part.factors is not None:
-            plots.factor_maps(xy, part.factors[sub], part.factor_names, out / "map_by_factor.png")
+            plots.factor_maps(xy, shown.factors, part.factor_names, out / "map_by_factor.png")
         q = feats[:8] / np.linalg.norm(feats[:8], axis=1, keepdims=True)
         allf = feats / np.linalg.norm(feats, axis=1, keepdims=True)
         nn_idx = np.argsort(-(q @ allf.T), axis=1)[:, 1:9]  # (8, 8), skipping the query itself
-        plots.retrieval_grid(part.images[sub[:8]], part.images[sub][nn_idx], out / "retrieval.png")
+        plots.retrieval_grid(images[:8], images[nn_idx], out / "retrieval.png")
     return result

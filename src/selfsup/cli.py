@@ -21,8 +21,8 @@ def _add_pretrain(sub) -> None:
                        description="Pretrain an encoder on unlabeled images with a self-supervised method.",
                        epilog=EPILOG)
     p.add_argument("--method", default="simclr", help="self-supervised method (see `selfsup list`); default simclr")
-    p.add_argument("--data", help="data source: shapes | digits | folder:PATH | cifar10:PATH | stl10:PATH "
-                                  "(default shapes)")
+    p.add_argument("--data", help="data source: shapes | digits | folder:PATH | hf:PATH | cifar10:PATH | "
+                                  "stl10:PATH (default shapes)")
     p.add_argument("--backbone", help="encoder architecture (see `selfsup list`); default from the preset")
     p.add_argument("--preset", default="cpu", help="named hyper-parameter set of the method: cpu (default) or gpu")
     p.add_argument("--config", help="YAML file of options (same keys as --set), applied after the preset")
@@ -162,16 +162,18 @@ def cmd_evaluate(a) -> None:
 def cmd_label_efficiency(a) -> None:
     from pathlib import Path
 
-    from selfsup import label_efficiency as le
-    from selfsup.api import dataset_for, load_encoder
-    from selfsup.finetune import ClassifierConfig
+    from selfsup.eval import label_efficiency as le
+    from selfsup.output.plots import label_efficiency_curves
+    from selfsup.api import label_efficiency, load_encoder
+    from selfsup.eval.finetune import ClassifierConfig
 
     enc = load_encoder(a.run, device="cpu")
     cfg = le.StudyConfig(fractions=tuple(a.fractions), per_class=tuple(a.per_class) if a.per_class else None,
                          seeds=a.seeds, protocols=tuple(a.protocols), classifier=ClassifierConfig(steps=a.steps))
-    result = le.run_study(enc, dataset_for(enc, a.data), cfg)
+    result = label_efficiency(enc, a.data, cfg)
     out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
     paths = le.save(result, out)
+    paths["plot"] = label_efficiency_curves(result["summary"], result["protocols"], Path(out) / "label_efficiency.png")
     print(le.format_table(result["summary"], result["protocols"]))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -194,7 +196,7 @@ def cmd_inspect(a) -> None:
 
 
 def cmd_list(_a) -> None:
-    from selfsup.backbones import BACKBONES
+    from selfsup.models import BACKBONES
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
 
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "inspect":
             cmd_inspect(args)
         elif args.command == "report":
-            from selfsup.report import write_report
+            from selfsup.output.report import write_report
 
             print(f"wrote {write_report(args.run, args.out)}")
         elif args.command == "list":

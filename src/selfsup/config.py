@@ -23,7 +23,8 @@ class DataConfig:
     num_train: int | None = None       # cap on training images (None = all)
     strict: bool = False               # unreadable image files are an error instead of skipped
     download: bool = False             # allow torchvision sources to download (never in tests)
-    cache_dir: str | None = None       # where generated data is cached (default ~/.cache/selfsup)
+    cache_dir: str | None = None       # where generated data and decoded folders are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)
+    in_memory: bool = False            # folders: hold the decoded images in memory instead of reading the disk cache
 
 
 @dataclass

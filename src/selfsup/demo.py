@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from selfsup.api import pretrain, versions
-from selfsup.features import extract_features
-from selfsup.finetune import ClassifierConfig
-from selfsup.knn import knn_accuracy
-from selfsup.label_efficiency import StudyConfig, format_table, fresh_copy, run_study, save
-from selfsup.plots import embedding_map, project_2d
+from selfsup.eval.features import extract_features
+from selfsup.eval.finetune import ClassifierConfig
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.label_efficiency import StudyConfig, format_table, fresh_copy, run_study, save
+from selfsup.output.plots import embedding_map, label_efficiency_curves, project_2d
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, quick: bool = False,
@@ -43,12 +43,13 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
                         classifier=ClassifierConfig(steps=60 if quick else 500))
     result_le = run_study(enc, ds, study, log=log)
     save(result_le, out)
+    label_efficiency_curves(result_le["summary"], study.protocols, out / "label_efficiency.png")
 
     rnd = fresh_copy(enc, cfg.train.seed).eval()
-    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(test.labels)
-    fte, rte = extract_features(enc, test.images), extract_features(rnd, test.images)
+    ytr, yte = torch.from_numpy(np.asarray(ds.train.labels)), torch.from_numpy(np.asarray(test.labels))
+    fte, rte = extract_features(enc, test), extract_features(rnd, test)
     knn = {"pretrained": result_le["summary"][-1]["knn"],  # the 100% row: all training labels
-           "random init": knn_accuracy(extract_features(rnd, ds.train.images), ytr, rte, yte)}
+           "random init": knn_accuracy(extract_features(rnd, ds.train), ytr, rte, yte)}
     log(f"kNN top-1 (k=20): pretrained {knn['pretrained']:.3f}, random init {knn['random init']:.3f}")
 
     log("drawing the embedding map ...")

@@ -1,64 +1,145 @@
-"""Image data sources behind one contract.
+"""Data: every source behind one sample contract, read in batches by one loader.
+
+The data path, in the order a sample travels::
+
+    source (shapes, digits, folder:PATH, hf:PATH, a numpy array, a torch or HF Dataset)
+      -> an ImageSet: labels, ids, factors, and an ``images`` store read by index
+         (in memory, the on-disk cache of :mod:`selfsup.data.cache`, or a Dataset)
+      -> loader.Loader: the order of each epoch (a pure function of seed and epoch),
+         this process's shard, batches of indices read ahead in a thread
+      -> to_float: uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] on the device
+      -> views.augment (methods, fine-tuning) or the encoder (evaluations)
 
 A source is named by a spec ``NAME`` or ``NAME:PATH`` (split at the first colon) and
-built with :func:`create_dataset` into a :class:`Dataset`: a train :class:`ImageSet`
-and, where the source has one, a test :class:`ImageSet`.  Images are always
-``(N, H, W, C)`` uint8 with square sides and C = 1 or 3.
-
-Built-in sources (see ``DATASETS.names()``): ``shapes`` (procedural, with ground-truth
-factors), ``digits`` (scikit-learn's 8x8 digits), ``folder:PATH`` (an image folder),
-``cifar10:PATH`` and ``stl10:PATH`` (through torchvision).
+built with :func:`create_dataset` into a :class:`Dataset`: a train split and, where the
+source has one, a test split.  :func:`as_dataset` also takes the Python objects.  What a
+method or an evaluation may know about the samples is their :class:`SampleSpec`; the
+images are never handed out as one array, only as batches read by index.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from selfsup.errors import SelfSupError
 from selfsup.registry import Registry
 
 
+@dataclass(frozen=True)
+class SampleSpec:
+    """What a method or an evaluation may know about the samples of a source."""
+
+    modality: str = "image"            # "image" (text arrives with the MLM method)
+    image_size: int | None = None      # side in px; images are square
+    channels: int | None = None        # 1 or 3
+    vocab_size: int | None = None      # text: tokenizer vocabulary
+    seq_len: int | None = None         # text: tokens per sample
+    classes: tuple[str, ...] = ()      # class names indexed by label; () when unlabeled
+    factor_names: tuple[str, ...] = () # ground-truth factors, where the source knows them
+
+
+def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 images (B, H, W, C) -> float32 (B, C, H, W) in [0, 1] on ``device``: the one
+    place where stored pixels become model input."""
+    x = images.to(device, non_blocking=True) if device is not None else images
+    return x.permute(0, 3, 1, 2).float().div_(255)
+
+
+class IndexedView:
+    """Rows ``index`` of an array-like store, read lazily: ``view[i]`` reads
+    ``base[index[i]]``, so a subset of a disk-backed store stays on disk."""
+
+    def __init__(self, base: Any, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+        self.shape = (len(self.index), *base.shape[1:])
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        return self.base[self.index[key]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.base[self.index])
+        return out.astype(dtype) if dtype is not None else out
+
+
+def take(store: Any, idx) -> Any:
+    """``store[idx]`` for an in-memory numpy array (a copy, as always), a lazy
+    :class:`IndexedView` for anything else (disk caches, memory maps, Datasets)."""
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    if type(store) is np.ndarray:
+        return store[idx]
+    if isinstance(store, IndexedView):  # a view of a view reads the base directly
+        return IndexedView(store.base, store.index[idx])
+    return IndexedView(store, idx)
+
+
 @dataclass
 class ImageSet:
-    """Images with labels, stable ids and (for synthetic data) ground-truth factors."""
+    """One split: labels, stable ids, ground-truth factors, and an ``images`` store.
 
-    images: np.ndarray  # (N, H, W, C) uint8, C = 1 or 3
+    ``images`` is anything indexable by an integer array that returns ``(B, H, W, C)``
+    uint8 and has ``shape`` and ``dtype``: a numpy array (in memory), a
+    :class:`selfsup.data.cache.RecordFile` (on disk, bounded memory), a
+    :class:`selfsup.data.python.DatasetImages` (a torch or Hugging Face Dataset) or an
+    :class:`IndexedView` of one of them.  Read it through :meth:`read` or a
+    :class:`selfsup.data.loader.Loader`, never as a whole.
+    """
+
+    images: Any  # (N, H, W, C) uint8 store, C = 1 or 3, square sides
     labels: np.ndarray  # (N,) int64, -1 where unknown
-    ids: np.ndarray  # (N,) str, stable per image
+    ids: Any  # (N,) str, stable per image (an array, or a store indexed like one)
     classes: list[str]  # class names indexed by label; [] when unlabeled
     factors: np.ndarray | None = None  # (N, F) float32
     factor_names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        shape, dtype = self.images.shape, self.images.dtype
+        shape, dtype = tuple(self.images.shape), self.images.dtype
         if len(shape) != 4 or shape[3] not in (1, 3) or dtype != np.uint8:
             raise ValueError(f"images must be (N, H, W, 1 or 3) uint8, got {shape} {dtype}")
-        lengths = {len(self.images), len(self.labels), len(self.ids)}
+        lengths = {shape[0], len(self.labels), len(self.ids)}
         if self.factors is not None:
             lengths.add(len(self.factors))
         if len(lengths) != 1:
             raise ValueError("images, labels, ids and factors must have the same length")
 
     def __len__(self) -> int:
-        return len(self.images)
+        return int(self.images.shape[0])
+
+    @property
+    def spec(self) -> SampleSpec:
+        return SampleSpec("image", image_size=int(self.images.shape[1]), channels=int(self.images.shape[3]),
+                          classes=tuple(self.classes), factor_names=tuple(self.factor_names))
 
     @property
     def has_labels(self) -> bool:
         """True when every image has a label and the class names are known."""
-        return bool(self.classes) and bool(np.all(self.labels >= 0))
+        return bool(self.classes) and bool(np.all(np.asarray(self.labels) >= 0))
+
+    def read(self, idx) -> np.ndarray:
+        """Images ``idx`` (integer indices) as one (B, H, W, C) uint8 array."""
+        return np.ascontiguousarray(self.images[np.asarray(idx, dtype=np.int64)])
 
     def subset(self, idx) -> ImageSet:
-        """The rows ``idx`` (integer indices or a boolean mask) of every array."""
+        """The rows ``idx`` (integer indices or a boolean mask) of every array; lazy for
+        stores that are not in memory."""
         idx = np.asarray(idx)
         return ImageSet(
-            images=self.images[idx],
-            labels=self.labels[idx],
-            ids=self.ids[idx],
+            images=take(self.images, idx),
+            labels=np.asarray(self.labels)[idx],
+            ids=take(self.ids, idx),
             classes=list(self.classes),
-            factors=None if self.factors is None else self.factors[idx],
+            factors=None if self.factors is None else np.asarray(self.factors)[idx],
             factor_names=list(self.factor_names),
         )
 
@@ -70,15 +151,20 @@ class Dataset:
     name: str  # the spec, e.g. "shapes" or "folder:/x"
     train: ImageSet
     test: ImageSet | None  # None when the source has no test split
+    test_origin: str = "source"  # "source", or how the test split was carved (hold_out_test)
+
+    @property
+    def spec(self) -> SampleSpec:
+        return self.train.spec
 
     @property
     def channels(self) -> int:
-        return self.train.images.shape[3]
+        return self.spec.channels
 
     @property
     def image_size(self) -> int:
         """Side length; images are square."""
-        return self.train.images.shape[1]
+        return self.spec.image_size
 
 
 DATASETS = Registry("data source")  # entries are builder functions, see create_dataset
@@ -94,6 +180,8 @@ def create_dataset(
     seed: int = 0,
     num_train: int | None = None,
     num_test: int | None = None,
+    in_memory: bool = False,
+    progress: bool = True,
 ) -> Dataset:
     """Build the source named by ``spec`` (``NAME`` or ``NAME:PATH``).
 
@@ -101,7 +189,8 @@ def create_dataset(
     generated data is kept; ``strict`` turns skipped unreadable files into an error;
     ``download`` lets torchvision sources fetch missing files; ``seed`` fixes generated
     data and subsampling; ``num_train``/``num_test`` cap (or, for generated data, set)
-    the split sizes.
+    the split sizes; ``in_memory`` keeps a cached folder's images in memory instead of
+    reading them from disk; ``progress`` shows a bar while a folder is being cached.
     """
     name, _, path = spec.partition(":")
     builder = DATASETS.get(name)
@@ -118,6 +207,8 @@ def create_dataset(
         seed=seed,
         num_train=num_train,
         num_test=num_test,
+        in_memory=in_memory,
+        progress=progress,
     )
 
 
@@ -146,6 +237,21 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def hold_out_test(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """``ds`` with a stratified ``fraction`` of its (labelled) train split held out as the
+    test split, for sources that have none."""
+    from selfsup.data.splits import stratified_split
+
+    kept, held = stratified_split(np.asarray(ds.train.labels), fraction, seed)
+    return Dataset(name=ds.name, train=ds.train.subset(kept), test=ds.train.subset(held),
+                   test_origin=f"{fraction:.0%} of the training images held out (stratified, seed {seed})")
+
+
+def default_cache_dir() -> Path:
+    """``$SELFSUP_CACHE`` if set, else ``~/.cache/selfsup``."""
+    return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
+
+
 def random_subset(images: ImageSet, n: int | None, seed: int) -> ImageSet:
     """At most ``n`` rows chosen at random (kept in their original order); all if None."""
     if n is None or n >= len(images):
@@ -156,4 +262,5 @@ def random_subset(images: ImageSet, n: int | None, seed: int) -> ImageSet:
 
 # The source modules register themselves in DATASETS; they import the names above, so
 # this import comes last.
-from selfsup.data import digits, folder, shapes, torchvision_sets  # noqa: E402, F401
+from selfsup.data import cache, digits, folder, hf, shapes, torchvision_sets  # noqa: E402, F401
+from selfsup.data.python import as_dataset  # noqa: E402, F401

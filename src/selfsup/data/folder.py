@@ -13,21 +13,23 @@ Files are matched by extension (png jpg jpeg bmp gif tif tiff webp, any case); o
 files and hidden entries (names starting with a dot) are ignored.  Every image is
 converted to 8-bit RGB (16-bit values scaled by 1/257, transparency composited on
 black, EXIF orientation applied), centre-cropped to a square and resized to
-``image_size`` (default 64) with PIL bilinear.  A file with an image extension that
+``image_size`` (default 64) with PIL bilinear, once: the decoded images go into an
+on-disk cache (:mod:`selfsup.data.cache`) that later runs read by index without
+decoding again, and that is rebuilt when the folder's files change.  A file with an image extension that
 cannot be decoded is skipped and counted in one warning, or raises with ``strict``.
 Ids are paths relative to PATH, with forward slashes.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data import DATASETS, Dataset, ImageSet, check_path, random_subset
+from selfsup.data import DATASETS, Dataset, ImageSet, cache, check_path, default_cache_dir, random_subset
 from selfsup.errors import SelfSupError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -124,6 +126,11 @@ def _try_decode(file: Path, size: int) -> np.ndarray | str:
         return f"{type(err).__name__}: {err}"
 
 
+def _cache_folder(root: Path, size: int, cache_dir: str | Path | None) -> Path:
+    key = hashlib.sha1(f"{root}|{size}".encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / "folders" / f"{root.name or 'root'}-{size}px-{key}"
+
+
 @DATASETS.register("folder", help="images under PATH, class = first-level sub-folder (folder:PATH)")
 def build(
     path: str | None = None,
@@ -133,9 +140,15 @@ def build(
     seed: int = 0,
     num_train: int | None = None,
     num_test: int | None = None,
+    cache_dir: str | Path | None = None,
+    in_memory: bool = False,
+    progress: bool = True,
     **_ignored,
 ) -> Dataset:
-    """The ``folder`` source; ``num_*`` subsample with ``seed`` after decoding."""
+    """The ``folder`` source, decoded once into the on-disk cache of
+    :mod:`selfsup.data.cache` (under ``cache_dir``/folders) and read from there by index;
+    ``in_memory`` loads the cached images into memory instead.  ``num_*`` subsample with
+    ``seed``."""
     check_path("folder", path, required=True)
     root = Path(path).expanduser()
     if not root.exists():
@@ -153,38 +166,47 @@ def build(
     scans, classes = {}, None
     for split, directory in split_dirs.items():
         files, labels, classes = _scan(directory, classes)
-        scans[split] = (files, labels)
+        if not files:
+            raise _no_images(split_dirs[split])
+        scans[split] = (files, labels, [f.relative_to(root).as_posix() for f in files])
 
-    all_files = [f for files, _ in scans.values() for f in files]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = dict(zip(all_files, pool.map(lambda f: _try_decode(f, size), all_files)))
-
-    failures = [(f, decoded[f]) for f in all_files if isinstance(decoded[f], str)]
-    if failures:
-        first, reason = failures[0]
+    folder = _cache_folder(root.resolve(), size, cache_dir)
+    fp = cache.fingerprint(f for files, _, _ in scans.values() for f in files)
+    try:
+        opened = cache.open_cache(folder, fp)
+        if opened is None and (folder / "manifest.json").exists():
+            warnings.warn(f"{path} changed since it was cached; caching it again", stacklevel=2)
+    except cache.CorruptCache as err:
+        warnings.warn(f"the image cache {folder} is corrupt ({err}); rebuilding it", stacklevel=2)
+        opened = None
+    if opened is None:
+        cache.build_cache(folder, scans, lambda f: _try_decode(f, size), (size, size, 3),
+                          {"source": str(root.resolve()), "image_size": size, "classes": classes,
+                           "fingerprint": fp}, strict=strict, progress=progress)
+        opened = cache.open_cache(folder, fp)
+    manifest = opened["manifest"]
+    if manifest["skipped"]:
+        first, reason = manifest["first_skipped"]
         if strict:
-            raise SelfSupError(
-                f"cannot read image {first} ({reason}); fix or remove it, or drop --strict"
-            )
+            raise SelfSupError(f"cannot read image {first} ({reason}); fix or remove it, or drop --strict")
         warnings.warn(
-            f"skipped {len(failures)} unreadable files under {path} (first: {first}: {reason}); "
+            f"skipped {manifest['skipped']} unreadable files under {path} (first: {first}: {reason}); "
             "use --strict to make this an error",
             stacklevel=2,
         )
 
     sets = {}
-    for split, (files, labels) in scans.items():
-        keep = [i for i, f in enumerate(files) if not isinstance(decoded[f], str)]
-        if not keep:
-            raise SelfSupError(
-                f"no images found under {split_dirs[split]}: expected readable files ending in "
-                f"{' '.join(IMAGE_EXTENSIONS)} (case-insensitive)"
-            )
-        images = ImageSet(
-            images=np.stack([decoded[files[i]] for i in keep]),  # (N, size, size, 3)
-            labels=np.array([labels[i] for i in keep], dtype=np.int64),
-            ids=np.array([files[i].relative_to(root).as_posix() for i in keep]),
-            classes=list(classes),
-        )
+    for split, (records, labels, ids) in opened["splits"].items():
+        if len(records) == 0:
+            raise _no_images(split_dirs[split])
+        images = ImageSet(images=np.asarray(records) if in_memory else records, labels=labels, ids=ids,
+                          classes=list(classes))
         sets[split] = random_subset(images, num_train if split == "train" else num_test, seed)
     return Dataset(name=f"folder:{path}", train=sets["train"], test=sets.get("test"))
+
+
+def _no_images(directory: Path) -> SelfSupError:
+    return SelfSupError(
+        f"no images found under {directory}: expected readable files ending in "
+        f"{' '.join(IMAGE_EXTENSIONS)} (case-insensitive)"
+    )

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data import DATASETS, Dataset, ImageSet, check_path
+from selfsup.data import DATASETS, Dataset, ImageSet, check_path, default_cache_dir
 
 VERSION = 2  # bump whenever the sampling or rendering changes: it keys the cache
 CLASSES = ["circle", "ring", "triangle", "square", "star", "cross", "crescent", "heart"]
@@ -244,11 +244,6 @@ def _image_set(images: np.ndarray, factors: np.ndarray, split: str) -> ImageSet:
 
 # ----------------------------------------------------------------------------------------
 # Cache
-
-
-def default_cache_dir() -> Path:
-    """``$SELFSUP_CACHE`` if set, else ``~/.cache/selfsup``."""
-    return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
 
 
 def _read_cache(file: Path, sizes: dict[str, int], image_size: int) -> dict[str, ImageSet]:

@@ -48,11 +48,11 @@ import torch
 import torch.nn as nn
 
 from selfsup.errors import SelfSupError
-from selfsup.features import eval_mode
-from selfsup.losses import reconstruction_loss
-from selfsup.methods.base import METHODS, Method
-from selfsup.monitor import normalized_std
-from selfsup.views import ViewConfig, augment, build_views
+from selfsup.models import eval_mode
+from selfsup.methods.losses import reconstruction_loss
+from selfsup.methods.base import METHODS, Method, normalized_std
+
+from selfsup.data.views import ViewConfig, augment, build_views
 
 CORRUPTIONS = ("none", "gaussian", "masking", "salt_pepper", "patch")
 DECODERS = ("conv", "mlp")

@@ -16,16 +16,27 @@ run's length, for per-step schedules (EMA momentum, teacher temperature).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from selfsup.backbones import Encoder
+from selfsup.models import Encoder
 from selfsup.errors import SelfSupError
 from selfsup.registry import Registry
 
 METHODS = Registry("method")
+COLLAPSE_STD = 0.1  # z_std below this: collapse suspected (the training monitor's threshold)
+
+
+@torch.no_grad()
+def normalized_std(z: torch.Tensor) -> float:
+    """(N, D) -> scalar in [0, ~1]; 0 means every row points the same way."""
+    z = F.normalize(z.detach().float(), dim=1)
+    return (z.std(dim=0).mean() * math.sqrt(z.shape[1])).item()
+
 
 
 class Method(nn.Module):

@@ -38,10 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selfsup.errors import SelfSupError
-from selfsup.losses import moco_loss
-from selfsup.methods.base import METHODS, Method, momentum_update
-from selfsup.monitor import normalized_std
-from selfsup.views import STRONG_VIEWS, augment, build_views, moco_v2_views
+from selfsup.methods.losses import moco_loss
+from selfsup.methods.base import METHODS, Method, momentum_update, normalized_std
+
+from selfsup.data.views import STRONG_VIEWS, augment, build_views, moco_v2_views
 
 
 def moco_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

@@ -23,11 +23,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.backbones import Encoder
-from selfsup.features import extract_features
-from selfsup.optim import cosine_schedule, param_groups
-from selfsup.splits import stratified_split
-from selfsup.views import ViewConfig, augment
+from selfsup.data import ImageSet, to_float
+from selfsup.models import Encoder
+from selfsup.eval.features import extract_features
+from selfsup.schedules import cosine_schedule
+from selfsup.train.optim import param_groups
+from selfsup.data.splits import stratified_split
+from selfsup.data.views import ViewConfig, augment
 
 
 @dataclass
@@ -78,18 +80,16 @@ def _encoder_groups(encoder: nn.Module, cfg: ClassifierConfig) -> list[dict]:
     return groups
 
 
-def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, num_classes: int,
+def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
                      cfg: ClassifierConfig = ClassifierConfig(), *, device: torch.device | str = "cpu",
                      progress: bool = False) -> Classifier:
-    """Train ``encoder`` + a linear head on labelled ``images`` (N, H, W, C) uint8."""
+    """Train ``encoder`` + a linear head on the labelled ``samples`` (an ImageSet)."""
     device = torch.device(device)
-    val_idx = np.zeros(0, dtype=int)
+    val_samples = None
     if cfg.val_fraction > 0:
-        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+        train_idx, val_idx = stratified_split(np.asarray(samples.labels), cfg.val_fraction, cfg.seed)
         if len(val_idx) >= num_classes:  # enough labels to hold some out
-            images, labels, val_images, val_labels = images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
-        else:
-            val_idx = np.zeros(0, dtype=int)
+            samples, val_samples = samples.subset(train_idx), samples.subset(val_idx)
     torch.manual_seed(cfg.seed)
     model = Classifier(encoder, num_classes).to(device)
     nn.init.zeros_(model.head.bias)
@@ -100,10 +100,10 @@ def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, n
     sched = cosine_schedule(cfg.lr, 0.0, cfg.steps, int(cfg.warmup_frac * cfg.steps))
     views = ViewConfig(crop_scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = torch.from_numpy(np.ascontiguousarray(images))
-    y_all = torch.from_numpy(labels).long()
-    bs = min(cfg.batch_size, len(images))
-    order, pos = torch.randperm(len(images), generator=gen), 0
+    y_all = torch.from_numpy(np.asarray(samples.labels)).long()
+    n = len(samples)
+    bs = min(cfg.batch_size, n)
+    order, pos = torch.randperm(n, generator=gen), 0
     best, best_state, checks_without_gain = -1.0, None, 0
     model.train()
     steps = range(cfg.steps)
@@ -113,19 +113,18 @@ def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, n
         steps = tqdm(steps, desc="classifier", unit="step", leave=False)
     for step in steps:
         if pos + bs > len(order):
-            order, pos = torch.randperm(len(images), generator=gen), 0
+            order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + bs]
         pos += bs
-        x = data[idx].to(device).permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W)
-        x = augment(x, views, gen)
+        x = augment(to_float(torch.from_numpy(samples.read(idx.numpy())), device), views, gen)  # (B, C, H, W)
         for g in opt.param_groups:
             g["lr"] = float(sched[step]) * g["lr_scale"]
         loss = F.cross_entropy(model(x), y_all[idx].to(device), label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if len(val_idx) and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            acc = classifier_accuracy(model, val_images, val_labels)
+        if val_samples is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            acc = classifier_accuracy(model, val_samples)
             model.train()
             if acc > best:
                 best, best_state, checks_without_gain = acc, copy.deepcopy(model.state_dict()), 0
@@ -140,7 +139,8 @@ def train_classifier(encoder: Encoder, images: np.ndarray, labels: np.ndarray, n
 
 
 @torch.no_grad()
-def classifier_accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray) -> float:
-    feats = extract_features(model.encoder, images)
+def classifier_accuracy(model: Classifier, samples: ImageSet) -> float:
+    """Top-1 accuracy of ``model`` on the labelled ``samples``."""
+    feats = extract_features(model.encoder, samples)
     logits = model.head(feats.to(next(model.head.parameters()).device))
-    return (logits.argmax(1).cpu() == torch.from_numpy(labels).long()).float().mean().item()
+    return (logits.argmax(1).cpu() == torch.from_numpy(np.asarray(samples.labels)).long()).float().mean().item()

@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from selfsup.config import RunConfig
+from selfsup.data import ImageSet, to_float
+from selfsup.data.loader import Loader
+from selfsup.data.python import from_array
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
-from selfsup.monitor import CollapseMonitor
-from selfsup.optim import build_optimizer, cosine_schedule, scaled_lr
-
-CHECKPOINT = "last.pt"
-FORMAT = "selfsup-checkpoint"
-
+from selfsup.schedules import cosine_schedule
+from selfsup.train.checkpoint import CHECKPOINT, FORMAT, atomic_save, load_checkpoint
+from selfsup.train.monitor import CollapseMonitor
+from selfsup.train.optim import build_optimizer, scaled_lr
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU."""
@@ -47,30 +46,6 @@ def select_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a
-    half-written checkpoint in place of the last good one."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT
-    if not p.is_file():
-        raise SelfSupError(f"checkpoint {str(p)!r} not found; pass a run folder or a .pt file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise SelfSupError(f"cannot read checkpoint {str(p)!r}: not a selfsup checkpoint or "
-                           f"corrupt ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, "selfsup-encoder"):
-        raise SelfSupError(f"{str(p)!r} is not a selfsup checkpoint or exported encoder")
-    return ckpt
-
-
 def _autocast(device: torch.device, enabled: bool):
     if device.type != "cuda" or not enabled:
         return torch.autocast(device_type="cpu", enabled=False)
@@ -78,9 +53,10 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Path, *,
+def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *,
           resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print) -> list[dict[str, float]]:
-    """Pretrain ``method`` on ``images`` (N, H, W, C) uint8; returns the logged metrics.
+    """Pretrain ``method`` on the samples of ``data`` (an :class:`~selfsup.data.ImageSet`,
+    or a (N, H, W, C) uint8 array); returns the logged metrics.
 
     ``resume``: True continues from the run folder's last checkpoint; a checkpoint dict
     already read with :func:`load_checkpoint` is used as is."""
@@ -91,14 +67,16 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
-    n, bs = len(images), tc.batch_size
+    samples = data if isinstance(data, ImageSet) else from_array(data)
+    n, bs = len(samples), tc.batch_size
     if bs < method.min_batch_size:
         raise SelfSupError(f"batch size {bs} is too small for {cfg.method} (needs at least "
                            f"{method.min_batch_size}); raise --batch-size")
     if bs > n:
         raise SelfSupError(f"batch size {bs} is larger than the {n} training images; "
                            f"lower --batch-size to at most {n}")
-    steps_per_epoch = n // bs  # the last partial batch is dropped
+    loader = Loader(samples, bs, seed=tc.seed)  # drops the last partial batch
+    steps_per_epoch = loader.steps_per_epoch
     total = tc.epochs * steps_per_epoch
     if total < 1:
         raise SelfSupError("nothing to train: --epochs must be at least 1")
@@ -133,6 +111,10 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         step = int(ckpt["step"])
+        saved_n = ckpt.get("data_position", {}).get("samples", n)
+        if saved_n != n:
+            raise SelfSupError(f"cannot resume: the run in {run_dir} was trained on {saved_n} samples, "
+                               f"this data has {n}; resume with the same data")
         _truncate_metrics(metrics_path, step)
         log(f"resuming {run_dir} at step {step}/{total}")
     elif metrics_path.exists():
@@ -144,6 +126,7 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
             "method_state": method.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "aug_rng": aug_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "data_position": _position(loader, step, n),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
             "encoder": {"name": method.encoder.name, "kwargs": method.encoder.kwargs},
         }, ckpt_path)
@@ -153,7 +136,6 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
     log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x effective batch {bs} -> lr {lr:.4g}; "
         f"{steps_per_epoch} steps/epoch, {total} steps")
 
-    data = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, C) uint8, stays on CPU
     stop_at = total if tc.max_steps is None else min(total, tc.max_steps)
     history: list[dict[str, float]] = []
     monitor = CollapseMonitor()
@@ -161,11 +143,9 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
     t_last, seen = time.perf_counter(), 0
     method.train()
     try:
-        while step < stop_at:
-            epoch, it = divmod(step, steps_per_epoch)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
-            idx = order[it * bs:(it + 1) * bs]
-            x = data[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W)
+        for _, batch in loader.steps(step, stop_at):
+            epoch = step // steps_per_epoch
+            x = to_float(batch, device)  # (B, C, H, W) in [0, 1]
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_sched[step])
                 if group.get("apply_wd"):
@@ -214,6 +194,11 @@ def train(method: Method, images: np.ndarray, cfg: RunConfig, run_dir: str | Pat
     bar.close()
     method.eval()
     return history
+
+
+def _position(loader: Loader, step: int, n: int) -> dict[str, int]:
+    epoch, batch = loader.position(step)
+    return {"epoch": epoch, "batch": batch, "world_size": loader.world_size, "samples": n}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -132,7 +132,7 @@ def factor_maps(xy: np.ndarray, factors: np.ndarray, factor_names: Sequence[str]
     (``twilight``, so both ends of the period look alike), the rest ``viridis``; kinds
     come from :func:`selfsup.diagnostics.factor_kinds`.
     """
-    from selfsup.diagnostics import factor_kinds
+    from selfsup.eval.diagnostics import factor_kinds
 
     factors = np.asarray(factors, dtype=np.float64)
     kinds = factor_kinds(factors, factor_names)
@@ -276,3 +276,21 @@ def attention_overlay(images: np.ndarray, maps: np.ndarray, path: str | Path, ti
     fig.subplots_adjust(left=1.0 / (cell * n + 1.0), right=0.99, top=1 - head / height,
                         bottom=0.02, wspace=0.05, hspace=0.05)
     return _save(fig, path)
+
+
+def label_efficiency_curves(summary: list[dict], protocols, path: str | Path) -> Path:
+    """Test accuracy against the number of labels (log), one line per protocol."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    n = [s["labels"] for s in summary]
+    for p in protocols:
+        ax.errorbar(n, [s[p] for s in summary], yerr=[s[p + "_std"] for s in summary], marker="o",
+                    capsize=3, label=p)
+    ax.set_xscale("log")
+    ax.set_xlabel("number of labels (log)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -27,14 +27,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from selfsup.backbones import Encoder, create_backbone
+from selfsup.models import Encoder, create_backbone
 from selfsup.data import Dataset
 from selfsup.errors import SelfSupError
-from selfsup.features import extract_features
-from selfsup.finetune import ClassifierConfig, classifier_accuracy, train_classifier
-from selfsup.knn import knn_accuracy
-from selfsup.linear import linear_probe_accuracy
-from selfsup.splits import stratified_subset
+from selfsup.eval.features import extract_features
+from selfsup.eval.finetune import ClassifierConfig, classifier_accuracy, train_classifier
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.linear import linear_probe_accuracy
+from selfsup.data.splits import stratified_subset
 
 PROTOCOLS = ("knn", "linear", "finetune", "scratch")
 
@@ -75,12 +75,12 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
     train, test = ds.train, ds.test
     c = len(train.classes)
     encoder = encoder.cpu().eval()
-    ftr, fte = extract_features(encoder, train.images), extract_features(encoder, test.images)
-    ytr, yte = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
+    ftr, fte = extract_features(encoder, train), extract_features(encoder, test)
+    ytr, yte = torch.from_numpy(np.asarray(train.labels)), torch.from_numpy(np.asarray(test.labels))
     rows = []
-    for name, frac in _budgets(cfg, train.labels):
+    for name, frac in _budgets(cfg, np.asarray(train.labels)):
         for seed in range(cfg.seeds):
-            idx = stratified_subset(train.labels, frac, seed)
+            idx = stratified_subset(np.asarray(train.labels), frac, seed)
             row = {"budget": name, "fraction": frac, "labels": int(len(idx)), "seed": seed}
             t0 = time.perf_counter()
             if "knn" in cfg.protocols:
@@ -90,12 +90,11 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
             clf = replace(cfg.classifier, seed=seed)
             if "finetune" in cfg.protocols:
                 ft_cfg = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, val_fraction=0.1)
-                model = train_classifier(copy.deepcopy(encoder), train.images[idx], train.labels[idx], c, ft_cfg)
-                row["finetune"] = classifier_accuracy(model, test.images, test.labels)
+                model = train_classifier(copy.deepcopy(encoder), train.subset(idx), c, ft_cfg)
+                row["finetune"] = classifier_accuracy(model, test)
             if "scratch" in cfg.protocols:
-                model = train_classifier(fresh_copy(encoder, seed), train.images[idx], train.labels[idx], c,
-                                         replace(clf, val_fraction=0.1))
-                row["scratch"] = classifier_accuracy(model, test.images, test.labels)
+                model = train_classifier(fresh_copy(encoder, seed), train.subset(idx), c, replace(clf, val_fraction=0.1))
+                row["scratch"] = classifier_accuracy(model, test)
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             log(f"{name:>8s} seed {seed}: " + ", ".join(f"{p} {row[p]:.3f}" for p in cfg.protocols))
@@ -127,31 +126,11 @@ def format_table(summary: list[dict], protocols) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: list[dict], protocols, path: str | Path) -> Path:
-    from selfsup.plots import plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    n = [s["labels"] for s in summary]
-    for p in protocols:
-        ax.errorbar(n, [s[p] for s in summary], yerr=[s[p + "_std"] for s in summary], marker="o",
-                    capsize=3, label=p)
-    ax.set_xscale("log")
-    ax.set_xlabel("number of labels (log)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
 def save(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``label_efficiency.json`` and the Markdown table ``label_efficiency.md``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "label_efficiency.json", "table": out / "label_efficiency.md",
-             "plot": out / "label_efficiency.png"}
+    paths = {"json": out / "label_efficiency.json", "table": out / "label_efficiency.md"}
     paths["json"].write_text(json.dumps(result, indent=2))
     paths["table"].write_text(format_table(result["summary"], result["protocols"]) + "\n")
-    plot(result["summary"], result["protocols"], paths["plot"])
     return paths

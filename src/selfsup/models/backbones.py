@@ -12,7 +12,8 @@ takes plain ``[0, 1]`` images and needs nothing else to be used.
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,18 @@ import torchvision
 from selfsup.registry import Registry
 
 BACKBONES = Registry("backbone")
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``module`` in eval mode (BatchNorm running statistics, no dropout),
+    then put it back in the mode it was in, also when the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class Encoder(nn.Module):
@@ -58,6 +71,17 @@ def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
     std = std if std is not None else [0.25] * in_chans
     spec = dict(in_chans=in_chans, image_size=image_size, **kwargs)
     return Encoder(net, mean, std, name=name, kwargs=spec)
+
+
+def rebuild_encoder(spec: dict, state: dict[str, torch.Tensor] | None = None) -> Encoder:
+    """The encoder described by ``spec`` (``{"name", "kwargs"}`` as saved with a run or an
+    export), with ``state`` loaded when given, in eval mode."""
+    kwargs = dict(spec["kwargs"])
+    enc = create_backbone(spec["name"], in_chans=kwargs.pop("in_chans"), image_size=kwargs.pop("image_size"),
+                          **kwargs)
+    if state is not None:
+        enc.load_state_dict(state)
+    return enc.eval()
 
 
 # --- small CNN: the CPU default ------------------------------------------------------
@@ -137,54 +161,3 @@ def resnet18(*, in_chans: int, image_size: int) -> nn.Module:
 @BACKBONES.register("resnet50", help="torchvision ResNet-50, 2048-d (CIFAR stem at <= 64 px)")
 def resnet50(*, in_chans: int, image_size: int) -> nn.Module:
     return TorchvisionResNet("resnet50", in_chans, image_size)
-
-
-# --- timm vision transformers -----------------------------------------------------------
-
-
-def default_patch_size(image_size: int) -> int:
-    """16 px patches at 224, 4 px at 32, 2 px at 8: about 8-14 patches per side."""
-    if image_size >= 160:
-        return 16
-    if image_size >= 64:
-        return 8
-    if image_size >= 16:
-        return 4
-    return 2
-
-
-class ViT(nn.Module):
-    """timm VisionTransformer with a CLS token; ``forward`` returns the normed CLS token."""
-
-    def __init__(self, in_chans: int, image_size: int, embed_dim: int, depth: int,
-                 num_heads: int, patch_size: int | None = None, drop_path: float = 0.0):
-        super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
-
-        self.patch_size = patch_size or default_patch_size(image_size)
-        if image_size % self.patch_size:
-            raise ValueError(f"image size {image_size} is not divisible by patch {self.patch_size}")
-        self.vit = VisionTransformer(
-            img_size=image_size, patch_size=self.patch_size, in_chans=in_chans,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, num_classes=0,
-            drop_path_rate=drop_path, dynamic_img_size=True,
-        )
-        self.num_features = embed_dim
-
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_features(x)  # (N, 1 + L, D), after the final norm
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_tokens(x)[:, 0]  # (N, D): CLS token
-
-
-@BACKBONES.register("vit_tiny", help="timm ViT, 192-d, 12 blocks, 3 heads (patch from image size)")
-def vit_tiny(*, in_chans: int, image_size: int, patch_size: int | None = None,
-             depth: int = 12, drop_path: float = 0.0) -> nn.Module:
-    return ViT(in_chans, image_size, 192, depth, 3, patch_size, drop_path)
-
-
-@BACKBONES.register("vit_small", help="timm ViT, 384-d, 12 blocks, 6 heads (patch from image size)")
-def vit_small(*, in_chans: int, image_size: int, patch_size: int | None = None,
-              depth: int = 12, drop_path: float = 0.0) -> nn.Module:
-    return ViT(in_chans, image_size, 384, depth, 6, patch_size, drop_path)

@@ -9,20 +9,9 @@ run of low values (or DINO's teacher entropy pinned at 0 or ln K) into a warning
 """
 from __future__ import annotations
 
-import math
+from selfsup.methods.base import COLLAPSE_STD, normalized_std  # noqa: F401  (the statistic the monitor reads)
 
-import torch
-import torch.nn.functional as F
-
-COLLAPSE_STD = 0.1  # z_std below this: collapse suspected
 WINDOW = 5          # ... for this many consecutive logged steps
-
-
-@torch.no_grad()
-def normalized_std(z: torch.Tensor) -> float:
-    """(N, D) -> scalar in [0, ~1]; 0 means every row points the same way."""
-    z = F.normalize(z.detach().float(), dim=1)
-    return (z.std(dim=0).mean() * math.sqrt(z.shape[1])).item()
 
 
 class CollapseMonitor:

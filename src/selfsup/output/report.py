@@ -144,7 +144,7 @@ def _env_section(run: Path) -> str:
 
 
 def _curves_section(run: Path) -> str:
-    from selfsup.plots import read_metrics, training_curves
+    from selfsup.output.plots import read_metrics, training_curves
 
     path = run / "metrics.jsonl"
     if not path.exists():

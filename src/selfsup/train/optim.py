@@ -1,14 +1,12 @@
-"""Optimizers and per-step schedules.
+"""Optimizers: LR scaling, parameter groups, LARS.
 
-Schedules are plain arrays indexed by the global step (DINO style), so a resumed run
-reads exactly the values an uninterrupted one would.  Weight decay is never applied to
+The per-step schedules live in :mod:`selfsup.schedules`.  Weight decay is never applied to
 biases or other 1-D parameters (norm weights); LARS also skips its trust ratio there.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -25,18 +23,6 @@ def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
     if cfg.lr_scaling == "none":
         return cfg.base_lr
     raise SelfSupError(f"unknown optim.lr_scaling {cfg.lr_scaling!r}; valid: linear, sqrt, none")
-
-
-def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
-                    warmup_start: float = 0.0) -> np.ndarray:
-    """Linear warm-up from ``warmup_start`` reaching ``base`` at the last warm-up step, then
-    a cosine from ``base`` to ``final`` over the remaining steps. Shape ``(total_steps,)``."""
-    warmup_steps = min(warmup_steps, total_steps)
-    warm = np.linspace(warmup_start, base, warmup_steps) if warmup_steps else np.zeros(0)
-    rest = total_steps - warmup_steps
-    t = np.arange(rest) / max(rest - 1, 1)
-    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
-    return np.concatenate([warm, cos])
 
 
 class LARS(torch.optim.Optimizer):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.splits import stratified_split
+from selfsup.data.splits import stratified_split
 
 L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 

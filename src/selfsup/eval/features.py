@@ -1,0 +1,50 @@
+"""Frozen-backbone feature extraction: the one entry point every evaluation uses."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from selfsup.data import ImageSet, to_float
+from selfsup.data.loader import Loader
+from selfsup.data.python import from_array
+from selfsup.models import eval_mode
+
+
+def as_samples(data) -> ImageSet:
+    """An :class:`~selfsup.data.ImageSet` as is; an image array wrapped as one."""
+    return data if isinstance(data, ImageSet) else from_array(data)
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, data, *, batch_size: int = 512,
+                     device: torch.device | str | None = None, progress: bool = False,
+                     out: np.ndarray | None = None) -> torch.Tensor:
+    """Representations ``h`` of every sample of ``data`` (an ImageSet, or a (N, H, W, C)
+    uint8 array), in order, as a float32 CPU tensor (N, D).
+
+    The samples are read in batches (memory holds one batch of images, not the set).
+    With ``out`` (an (N, D) float32 array, e.g. a memory-mapped ``.npy``) the features are
+    written there batch by batch and ``out`` is returned as a tensor view.  The encoder
+    runs in eval mode (BatchNorm running statistics) and is put back in the mode it was in.
+    """
+    samples = as_samples(data)
+    if device is None:
+        device = next(encoder.parameters()).device
+    loader = Loader(samples, batch_size, shuffle=False, drop_last=False)
+    batches = loader.epoch()
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=loader.steps_per_epoch, desc="features", unit="batch", leave=False)
+    parts = []
+    with eval_mode(encoder):
+        for idx, images in batches:
+            h = encoder(to_float(images, device)).float().cpu()  # (B, D)
+            if out is None:
+                parts.append(h)
+            else:
+                out[idx] = h.numpy()
+    if out is not None:
+        return torch.from_numpy(np.asarray(out))
+    return torch.cat(parts) if parts else torch.zeros(0, getattr(encoder, "num_features", 0))

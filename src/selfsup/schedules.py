@@ -1,0 +1,20 @@
+"""Per-step schedules (LR, weight decay, EMA momentum, teacher temperature).
+
+Schedules are plain arrays indexed by the global step (DINO style), so a resumed run
+reads exactly the values an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                    warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up from ``warmup_start`` reaching ``base`` at the last warm-up step, then
+    a cosine from ``base`` to ``final`` over the remaining steps. Shape ``(total_steps,)``."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warm = np.linspace(warmup_start, base, warmup_steps) if warmup_steps else np.zeros(0)
+    rest = total_steps - warmup_steps
+    t = np.arange(rest) / max(rest - 1, 1)
+    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
+    return np.concatenate([warm, cos])
