@@ -116,21 +116,36 @@ def load_data(cfg: RunConfig, data: Any = None) -> Dataset:
     return ds
 
 
+STATS_BYTES = 256 * 2**20  # channel_stats holds at most this much float32 at once
+
+
 def channel_stats(images, max_images: int = 10_000, chunk: int = 1000) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the first ``max_images`` images (an ImageSet or a
-    (N, H, W, C) uint8 array), in [0, 1] units; read ``chunk`` images at a time."""
+    (N, H, W, C) uint8 array), in [0, 1] units.
+
+    When those images fit in :data:`STATS_BYTES` as float32 they are read at once (numpy's
+    float32 mean and std, as every run before the disk cache computed them, so earlier
+    runs keep their normalisation to the bit); otherwise ``chunk`` images at a time with
+    float64 sums.
+    """
     samples = images if isinstance(images, ImageSet) else None
     n = min(len(images), max_images)
-    total = total_sq = 0.0
+
+    def read(idx):
+        return (samples.read(idx) if samples is not None else images[idx]).astype(np.float32) / 255
+
+    shape = samples.images.shape if samples is not None else images.shape
+    if n * int(np.prod(shape[1:])) * 4 <= STATS_BYTES:
+        x = read(np.arange(n))
+        return x.mean(axis=(0, 1, 2)).tolist(), np.maximum(x.std(axis=(0, 1, 2)), 1e-3).tolist()
+    total = total_sq = count = 0
     for s in range(0, n, chunk):
-        idx = np.arange(s, min(s + chunk, n))
-        x = (samples.read(idx) if samples is not None else images[idx]).astype(np.float64) / 255
-        total = total + x.sum(axis=(0, 1, 2))
-        total_sq = total_sq + (x * x).sum(axis=(0, 1, 2))
-    count = n * images.shape[1] * images.shape[2] if samples is None else n * samples.spec.image_size ** 2
+        x = read(np.arange(s, min(s + chunk, n))).astype(np.float64)
+        total, total_sq = total + x.sum(axis=(0, 1, 2)), total_sq + (x * x).sum(axis=(0, 1, 2))
+        count += x.shape[0] * x.shape[1] * x.shape[2]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
-    return [float(v) for v in mean], [float(v) for v in np.maximum(std, 1e-3)]
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()
 
 
 def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "cpu",

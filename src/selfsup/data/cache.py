@@ -59,6 +59,7 @@ class RecordFile:
         self.record_bytes = int(np.prod(self.shape[1:]))
         self.crc, self.on_corrupt = crc, on_corrupt
         self._fd, self._pid = None, None
+        self._file()  # opened now: a cache rebuilt later by another run does not change what this one reads
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -69,6 +70,7 @@ class RecordFile:
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            self._inode = os.fstat(self._fd).st_ino
         return self._fd
 
     def __del__(self):
@@ -99,7 +101,11 @@ class RecordFile:
         return out.astype(dtype) if dtype is not None else out
 
     def _corrupt(self, why: str):
-        if self.on_corrupt is not None:
+        try:
+            current = os.stat(self.path).st_ino == self._inode  # not since replaced by a rebuild
+        except OSError:
+            current = False
+        if self.on_corrupt is not None and current:
             self.on_corrupt()
         raise SelfSupError(f"the image cache {self.path.parent} is corrupt ({why}); it has been "
                            "invalidated: run the command again to rebuild it")
