@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from selfsup.api import versions
-from selfsup.models import create_backbone
 from selfsup.config import OptimConfig
-from selfsup.train.engine import select_device
 from selfsup.methods import create_method
+from selfsup.models import create_backbone
+from selfsup.train.engine import select_device
 from selfsup.train.optim import build_optimizer
 
 CASES = [  # (backbone, image side px, batch size)

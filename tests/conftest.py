@@ -6,14 +6,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from selfsup.train import engine
 from selfsup.api import channel_stats
-from selfsup.models import create_backbone
 from selfsup.config import RunConfig, apply_overrides
 from selfsup.data import create_dataset
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.methods import Method, create_method
+from selfsup.models import create_backbone
+from selfsup.train import engine
 
 
 def pytest_configure(config):

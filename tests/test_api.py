@@ -7,12 +7,12 @@ import torch
 
 import selfsup
 from selfsup.api import build_config
-from selfsup.models import create_backbone
 from selfsup.data import create_dataset
 from selfsup.eval.features import extract_features
-from selfsup.models import eval_mode
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
+from selfsup.models import create_backbone
+from selfsup.models import eval_mode
 
 
 @pytest.fixture(scope="module")

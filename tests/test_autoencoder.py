@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.models import create_backbone
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
 from selfsup.methods.autoencoder import ConvDecoder, reconstructions, upsampling_plan
+from selfsup.models import create_backbone
 from conftest import learn_on_shapes, stop_and_resume
 
 

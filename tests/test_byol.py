@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.train import engine
 from selfsup.api import build_config
-from selfsup.models import create_backbone
 from selfsup.config import RunConfig
 from selfsup.data import create_dataset
-from selfsup.methods.losses import byol_loss
-from selfsup.methods import create_method
 from selfsup.data.views import augment
+from selfsup.methods import create_method
+from selfsup.methods.losses import byol_loss
+from selfsup.models import create_backbone
+from selfsup.train import engine
 from conftest import learn_on_shapes, stop_and_resume
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.eval import diagnostics as dg
-from selfsup.output import plots
-from selfsup.models import create_backbone
 from selfsup.data import create_dataset
+from selfsup.eval import diagnostics as dg
+from selfsup.models import create_backbone
+from selfsup.output import plots
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.train import engine
 from selfsup.api import build_config
-from selfsup.models import create_backbone
 from selfsup.config import RunConfig
 from selfsup.data import create_dataset
 from selfsup.errors import SelfSupError
-from selfsup.methods.losses import dino_center_update, dino_loss
 from selfsup.methods import create_method
 from selfsup.methods.dino import DINO, attention_maps, last_block_attention
+from selfsup.methods.losses import dino_center_update, dino_loss
+from selfsup.models import create_backbone
+from selfsup.train import engine
 from selfsup.train.monitor import WINDOW, CollapseMonitor
 from conftest import learn_on_shapes, stop_and_resume
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.train import checkpoint, engine
-from selfsup.models import create_backbone
 from selfsup.config import RunConfig
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
+from selfsup.models import create_backbone
 from selfsup.schedules import cosine_schedule
+from selfsup.train import checkpoint, engine
 from selfsup.train.optim import LARS, scaled_lr
 
 

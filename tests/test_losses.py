@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.methods import losses as L
 from selfsup.errors import SelfSupError
+from selfsup.methods import losses as L
 
 f64 = torch.float64
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.models import Encoder, create_backbone
 from selfsup.api import build_config
 from selfsup.errors import SelfSupError
-from selfsup.models import eval_mode
-from selfsup.methods.losses import mae_loss
 from selfsup.methods import create_method
+from selfsup.methods.losses import mae_loss
 from selfsup.methods.mae import reconstruct
+from selfsup.models import Encoder, create_backbone
+from selfsup.models import eval_mode
 from selfsup.models.vit import random_masking, sincos_pos_embed_2d
 from conftest import learn_on_shapes, stop_and_resume
 

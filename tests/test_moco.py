@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.api import build_config
-from selfsup.models import create_backbone
+from selfsup.data.views import augment
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
 from selfsup.methods.base import momentum_update
-from selfsup.data.views import augment
+from selfsup.models import create_backbone
 from conftest import learn_on_shapes, stop_and_resume
 
 IDENTITY_VIEWS = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0,

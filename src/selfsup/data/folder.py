@@ -92,7 +92,7 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[Path], list[
     return files, labels, classes
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB."""
     if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float gray
         values = np.asarray(image, dtype=np.float32)
@@ -111,7 +111,7 @@ def _decode(file: Path, size: int) -> np.ndarray:
     """Read one image as (size, size, 3) uint8: centre square crop, then resize."""
     with Image.open(file) as image:
         image.draft(None, (size, size))  # lets JPEG decode at a reduced scale, >= size
-        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        rgb = to_rgb(ImageOps.exif_transpose(image))
     w, h = rgb.size
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)

@@ -71,10 +71,10 @@ def _to_pil(item: Any) -> Image.Image:
 
 def fit_image(item: Any, size: int, channels: int) -> np.ndarray:
     """One image -> (size, size, channels) uint8: centre square crop, PIL bilinear resize."""
-    from selfsup.data.folder import _to_rgb
+    from selfsup.data.folder import to_rgb
 
     img = _to_pil(item)
-    img = img.convert("L") if channels == 1 else _to_rgb(img)
+    img = img.convert("L") if channels == 1 else to_rgb(img)
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2

@@ -24,12 +24,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selfsup.data import ImageSet, to_float
-from selfsup.models import Encoder
-from selfsup.eval.features import extract_features
-from selfsup.schedules import cosine_schedule
-from selfsup.train.optim import param_groups
 from selfsup.data.splits import stratified_split
 from selfsup.data.views import ViewConfig, augment
+from selfsup.eval.features import extract_features
+from selfsup.models import Encoder
+from selfsup.schedules import cosine_schedule
+from selfsup.train.optim import param_groups
 
 
 @dataclass

@@ -27,14 +27,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from selfsup.models import Encoder, create_backbone
 from selfsup.data import Dataset
+from selfsup.data.splits import stratified_subset
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import extract_features
 from selfsup.eval.finetune import ClassifierConfig, classifier_accuracy, train_classifier
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
-from selfsup.data.splits import stratified_subset
+from selfsup.models import Encoder, create_backbone
 
 PROTOCOLS = ("knn", "linear", "finetune", "scratch")
 

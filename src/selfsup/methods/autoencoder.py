@@ -47,12 +47,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selfsup.errors import SelfSupError
-from selfsup.models import eval_mode
-from selfsup.methods.losses import reconstruction_loss
-from selfsup.methods.base import METHODS, Method, normalized_std
-
 from selfsup.data.views import ViewConfig, augment, build_views
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import METHODS, Method, normalized_std
+from selfsup.methods.losses import reconstruction_loss
+from selfsup.models import eval_mode
 
 CORRUPTIONS = ("none", "gaussian", "masking", "salt_pepper", "patch")
 DECODERS = ("conv", "mlp")

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.models import Encoder
 from selfsup.errors import SelfSupError
+from selfsup.models import Encoder
 from selfsup.registry import Registry
 
 METHODS = Registry("method")
@@ -36,7 +36,6 @@ def normalized_std(z: torch.Tensor) -> float:
     """(N, D) -> scalar in [0, ~1]; 0 means every row points the same way."""
     z = F.normalize(z.detach().float(), dim=1)
     return (z.std(dim=0).mean() * math.sqrt(z.shape[1])).item()
-
 
 
 class Method(nn.Module):

@@ -30,10 +30,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selfsup.methods.losses import byol_loss
-from selfsup.methods.base import METHODS, Method, momentum_update, normalized_std
-
 from selfsup.data.views import STRONG_VIEWS, augment, build_views, byol_views
+from selfsup.methods.base import METHODS, Method, momentum_update, normalized_std
+from selfsup.methods.losses import byol_loss
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:

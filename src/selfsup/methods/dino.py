@@ -69,13 +69,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.models import Encoder
-from selfsup.errors import SelfSupError
-from selfsup.models import eval_mode
-from selfsup.methods.losses import dino_center_update, dino_diagnostics, dino_loss
-from selfsup.methods.base import METHODS, Method, momentum_update
-from selfsup.schedules import cosine_schedule
 from selfsup.data.views import STRONG_VIEWS, augment, build_views, dino_views
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import METHODS, Method, momentum_update
+from selfsup.methods.losses import dino_center_update, dino_diagnostics, dino_loss
+from selfsup.models import Encoder
+from selfsup.models import eval_mode
+from selfsup.schedules import cosine_schedule
 
 
 class DINOHead(nn.Module):

@@ -38,13 +38,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selfsup.models.vit import MAEViT, vit_blocks, mae_init_weights, sincos_pos_embed_2d
-from selfsup.errors import SelfSupError
-from selfsup.models import eval_mode
-from selfsup.methods.losses import mae_loss, patchify, unpatchify
-from selfsup.methods.base import METHODS, Method, normalized_std
-
 from selfsup.data.views import augment, build_views, mae_views
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import METHODS, Method, normalized_std
+from selfsup.methods.losses import mae_loss, patchify, unpatchify
+from selfsup.models import eval_mode
+from selfsup.models.vit import MAEViT, vit_blocks, mae_init_weights, sincos_pos_embed_2d
 
 MAE_BACKBONES = ("vit_mae_tiny", "vit_mae_small")
 

@@ -37,11 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.errors import SelfSupError
-from selfsup.methods.losses import moco_loss
-from selfsup.methods.base import METHODS, Method, momentum_update, normalized_std
-
 from selfsup.data.views import STRONG_VIEWS, augment, build_views, moco_v2_views
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import METHODS, Method, momentum_update, normalized_std
+from selfsup.methods.losses import moco_loss
 
 
 def moco_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

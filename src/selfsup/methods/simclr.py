@@ -16,10 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selfsup.methods.losses import nt_xent
-from selfsup.methods.base import METHODS, Method, normalized_std
-
 from selfsup.data.views import augment, build_views, simclr_views
+from selfsup.methods.base import METHODS, Method, normalized_std
+from selfsup.methods.losses import nt_xent
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int) -> nn.Sequential:

@@ -5,7 +5,7 @@ Importing this package registers every backbone: the small CNN and torchvision R
 """
 from __future__ import annotations
 
+from selfsup.models import vit  # noqa: F401  (registers the ViTs)
 from selfsup.models.backbones import BACKBONES, Encoder, create_backbone, eval_mode, rebuild_encoder
-from selfsup.models import vit  # noqa: E402,F401  (registers the ViTs)
 
 __all__ = ["BACKBONES", "Encoder", "create_backbone", "eval_mode", "rebuild_encoder"]

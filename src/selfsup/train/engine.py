@@ -6,7 +6,8 @@ optional gradient clipping, the method's pre-step hook (gradient edits), the opt
 step and the method's post-step hook (EMA).
 Checkpoints are atomic and hold everything needed to continue the same run exactly:
 model and method state (targets, queues, centres), optimizer, AMP scaler, step, and the
-RNG states; the data order is a pure function of (seed, epoch).
+RNG states and the loader's position; the data order is a pure function of (seed, epoch)
+(:mod:`selfsup.data.loader`), so the step number says where to continue.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from selfsup.schedules import cosine_schedule
 from selfsup.train.checkpoint import CHECKPOINT, FORMAT, atomic_save, load_checkpoint
 from selfsup.train.monitor import CollapseMonitor
 from selfsup.train.optim import build_optimizer, scaled_lr
+
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU."""

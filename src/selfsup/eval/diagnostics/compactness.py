@@ -39,9 +39,6 @@ def dims_for_variance(z, fraction: float = 0.9) -> int:
     return int(min(np.searchsorted(cum, fraction - 1e-12) + 1, len(var)))
 
 
-
-
-
 def per_dim_std(z) -> dict[str, float]:
     """Standard deviation of each dimension of the L2-normalised embeddings, over samples.
 

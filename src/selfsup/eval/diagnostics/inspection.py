@@ -6,10 +6,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from selfsup.data import to_float
 from selfsup.eval.diagnostics.compactness import collapse_flag, dims_for_variance, effective_rank, per_dim_std
 from selfsup.eval.diagnostics.disentanglement import dci, mig
 from selfsup.eval.diagnostics.geometry import alignment, relative_alignment, uniformity
-from selfsup.data import to_float
 from selfsup.models import eval_mode
 
 ALIGNMENT_VIEW_STRENGTH = 0.5  # colour-jitter strength of the SimCLR views used by inspect
