@@ -51,7 +51,35 @@ def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> 
     return x.permute(0, 3, 1, 2).float().div_(255)
 
 
-class IndexedView:
+class Store:
+    """Base of the array-like stores an :class:`ImageSet` reads from: ``store[key]`` with an
+    int, a slice or an integer array (negative indices allowed); subclasses set
+    ``shape`` and ``dtype`` and implement ``rows(idx)`` for a checked int64 array."""
+
+    shape: tuple[int, ...]
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        n = len(self)
+        idx = np.arange(*key.indices(n)) if isinstance(key, slice) else np.asarray(key, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} samples")
+        return self.rows(np.where(idx < 0, idx + n, idx))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(len(self))]
+        return out.astype(dtype) if dtype is not None else out
+
+
+class IndexedView(Store):
     """Rows ``index`` of an array-like store, read lazily: ``view[i]`` reads
     ``base[index[i]]``, so a subset of a disk-backed store stays on disk."""
 
@@ -60,15 +88,8 @@ class IndexedView:
         self.shape = (len(self.index), *base.shape[1:])
         self.dtype = base.dtype
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, key):
-        return self.base[self.index[key]]
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self.base[self.index])
-        return out.astype(dtype) if dtype is not None else out
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.base[self.index[idx]]
 
 
 def take(store: Any, idx) -> Any:

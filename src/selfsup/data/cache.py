@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from selfsup.data import Store
 from selfsup.errors import SelfSupError
 
 FORMAT = "selfsup-image-cache"
@@ -42,7 +43,7 @@ class CorruptCache(Exception):
     """The cache on disk is unusable; the message says why."""
 
 
-class RecordFile:
+class RecordFile(Store):
     """``(N, H, W, C)`` uint8 records in one file, read by index with bounded memory.
 
     ``records[idx]`` with an integer array returns ``(len(idx), H, W, C)``; an int gives
@@ -51,8 +52,6 @@ class RecordFile:
     ``on_corrupt`` (which removes the cache's manifest, so the next run rebuilds it).
     """
 
-    dtype = np.dtype(np.uint8)
-
     def __init__(self, path: str | Path, shape: Sequence[int], crc: np.ndarray | None = None,
                  on_corrupt: Callable[[], None] | None = None):
         self.path, self.shape = Path(path), tuple(int(s) for s in shape)
@@ -60,9 +59,6 @@ class RecordFile:
         self.crc, self.on_corrupt = crc, on_corrupt
         self._fd, self._pid = None, None
         self._file()  # opened now: a cache rebuilt later by another run does not change what this one reads
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getstate__(self):  # picklable for worker processes: the descriptor is reopened
         return {**self.__dict__, "_fd": None, "_pid": None}
@@ -77,15 +73,7 @@ class RecordFile:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
 
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
-        if isinstance(key, slice):
-            key = np.arange(*key.indices(len(self)))
-        idx = np.asarray(key, dtype=np.int64).reshape(-1)
-        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"record index out of range for {len(self)} records")
-        idx = np.where(idx < 0, idx + len(self), idx)
+    def rows(self, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
         fd, size = self._file(), self.record_bytes
         for row, i in enumerate(idx):
@@ -95,10 +83,6 @@ class RecordFile:
             if self.crc is not None and zlib.crc32(buf) != int(self.crc[i]):
                 self._corrupt(f"record {i} fails its checksum")
         return out
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[np.arange(len(self))]
-        return out.astype(dtype) if dtype is not None else out
 
     def _corrupt(self, why: str):
         try:

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfsup.data import Dataset, ImageSet, create_dataset
+from selfsup.data import Dataset, ImageSet, Store, create_dataset
 from selfsup.errors import SelfSupError
 
 DEFAULT_IMAGE_SIZE = 64  # for datasets whose first image is not square
 
 
-class IndexIds:
+class IndexIds(Store):
     """Ids ``PREFIX000000``, ``PREFIX000001``, ... computed on demand."""
 
     dtype = np.dtype(object)
@@ -38,15 +38,7 @@ class IndexIds:
     def __init__(self, prefix: str, n: int):
         self.prefix, self.shape = prefix, (n,)
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            if not -len(self) <= key < len(self):
-                raise IndexError(key)
-            return f"{self.prefix}{int(key) % len(self):06d}"
-        idx = np.arange(len(self))[key]
+    def rows(self, idx: np.ndarray) -> np.ndarray:
         return np.array([f"{self.prefix}{i:06d}" for i in idx])
 
 
@@ -84,31 +76,19 @@ def fit_image(item: Any, size: int, channels: int) -> np.ndarray:
     return np.asarray(img).reshape(size, size, channels)
 
 
-class DatasetImages:
+class DatasetImages(Store):
     """The images of a map-style dataset as a store: ``store[idx]`` fetches and converts
     those items only (:func:`fit_image`)."""
-
-    dtype = np.dtype(np.uint8)
 
     def __init__(self, fetch: Callable[[list[int]], list[Any]], n: int, size: int, channels: int):
         self.fetch, self.size, self.channels = fetch, size, channels
         self.shape = (n, size, size, channels)
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
-        idx = np.arange(len(self))[key]
+    def rows(self, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), self.size, self.size, self.channels), dtype=np.uint8)
         for row, item in enumerate(self.fetch([int(i) for i in idx])):
             out[row] = fit_image(item, self.size, self.channels)
         return out
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[np.arange(len(self))]
-        return out.astype(dtype) if dtype is not None else out
 
 
 def _first_image_shape(item: Any) -> tuple[int, int]:
