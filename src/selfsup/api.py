@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides
-from selfsup.data import Dataset, ImageSet, as_dataset, hold_out_test
+from selfsup.data import Dataset, as_dataset, hold_out_test
+from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
@@ -128,14 +129,13 @@ def channel_stats(images, max_images: int = 10_000, chunk: int = 1000) -> tuple[
     runs keep their normalisation to the bit); otherwise ``chunk`` images at a time with
     float64 sums.
     """
-    samples = images if isinstance(images, ImageSet) else None
-    n = min(len(images), max_images)
+    samples = as_samples(images)
+    n = min(len(samples), max_images)
 
     def read(idx):
-        return (samples.read(idx) if samples is not None else images[idx]).astype(np.float32) / 255
+        return samples.read(idx).astype(np.float32) / 255
 
-    shape = samples.images.shape if samples is not None else images.shape
-    if n * int(np.prod(shape[1:])) * 4 <= STATS_BYTES:
+    if n * int(np.prod(samples.images.shape[1:])) * 4 <= STATS_BYTES:
         x = read(np.arange(n))
         return x.mean(axis=(0, 1, 2)).tolist(), np.maximum(x.std(axis=(0, 1, 2)), 1e-3).tolist()
     total = total_sq = count = 0

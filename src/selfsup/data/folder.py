@@ -107,15 +107,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def square(image: Image.Image, size: int) -> Image.Image:
+    """The centre square of ``image``, resized to ``size`` x ``size`` with PIL bilinear."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+
+
 def _decode(file: Path, size: int) -> np.ndarray:
     """Read one image as (size, size, 3) uint8: centre square crop, then resize."""
     with Image.open(file) as image:
         image.draft(None, (size, size))  # lets JPEG decode at a reduced scale, >= size
         rgb = to_rgb(ImageOps.exif_transpose(image))
-    w, h = rgb.size
-    side = min(w, h)
-    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    return np.asarray(rgb.crop(box).resize((size, size), Image.BILINEAR))
+    return np.asarray(square(rgb, size))
 
 
 def _try_decode(file: Path, size: int) -> np.ndarray | str:

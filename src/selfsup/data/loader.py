@@ -65,11 +65,6 @@ class Loader:
             return per_rank // self.batch_size
         return -(-len(shard(np.arange(self.n), self.rank, self.world_size)) // self.batch_size)
 
-    def batch_indices(self, step: int) -> np.ndarray:
-        """Sample indices of global step ``step`` on this rank."""
-        epoch, it = self.position(step)
-        return self.epoch_indices(epoch)[it * self.batch_size:(it + 1) * self.batch_size]
-
     def position(self, step: int) -> tuple[int, int]:
         """``(epoch, batch within the epoch)`` of global step ``step``."""
         return divmod(step, max(self.steps_per_epoch, 1))

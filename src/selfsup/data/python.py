@@ -63,17 +63,11 @@ def _to_pil(item: Any) -> Image.Image:
 
 def fit_image(item: Any, size: int, channels: int) -> np.ndarray:
     """One image -> (size, size, channels) uint8: centre square crop, PIL bilinear resize."""
-    from selfsup.data.folder import to_rgb
+    from selfsup.data.folder import square, to_rgb
 
     img = _to_pil(item)
     img = img.convert("L") if channels == 1 else to_rgb(img)
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != size:
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img).reshape(size, size, channels)
+    return np.asarray(square(img, size)).reshape(size, size, channels)
 
 
 class DatasetImages(Store):
@@ -89,6 +83,11 @@ class DatasetImages(Store):
         for row, item in enumerate(self.fetch([int(i) for i in idx])):
             out[row] = fit_image(item, self.size, self.channels)
         return out
+
+
+def as_samples(data) -> ImageSet:
+    """An :class:`~selfsup.data.ImageSet` as is; an image array wrapped as one."""
+    return data if isinstance(data, ImageSet) else from_array(data)
 
 
 def _first_image_shape(item: Any) -> tuple[int, int]:

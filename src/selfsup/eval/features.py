@@ -5,15 +5,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from selfsup.data import ImageSet, to_float
+from selfsup.data import to_float
 from selfsup.data.loader import Loader
-from selfsup.data.python import from_array
+from selfsup.data.python import as_samples
 from selfsup.models import eval_mode
-
-
-def as_samples(data) -> ImageSet:
-    """An :class:`~selfsup.data.ImageSet` as is; an image array wrapped as one."""
-    return data if isinstance(data, ImageSet) else from_array(data)
 
 
 @torch.no_grad()

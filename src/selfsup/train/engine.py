@@ -22,7 +22,7 @@ import torch
 from selfsup.config import RunConfig
 from selfsup.data import ImageSet, to_float
 from selfsup.data.loader import Loader
-from selfsup.data.python import from_array
+from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
 from selfsup.schedules import cosine_schedule
@@ -69,7 +69,7 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
-    samples = data if isinstance(data, ImageSet) else from_array(data)
+    samples = as_samples(data)
     n, bs = len(samples), tc.batch_size
     if bs < method.min_batch_size:
         raise SelfSupError(f"batch size {bs} is too small for {cfg.method} (needs at least "
