@@ -29,6 +29,7 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.methods import METHODS, Method, create_method
 from selfsup.models import Encoder, create_backbone, rebuild_encoder
+from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_device
 from selfsup.train import checkpoint, engine
 
 # keyword shorthands accepted by pretrain(); every other option is a dotted override
@@ -95,12 +96,22 @@ def versions() -> dict[str, Any]:
     info = {"python": sys.version.split()[0], "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
+            "cpu_model": _cpu_model(), "cpu_bf16": cpu_bf16_support(), "cpu_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     from selfsup import __version__
 
     info["selfsup"] = __version__
     return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 PYTHON_SOURCE = "python:"  # data.source of a run whose data came as a Python object
@@ -194,7 +205,8 @@ def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "
     run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (run_dir / "env.json").write_text(json.dumps(versions(), indent=2))
+    precision = choose_precision(select_device(cfg.train.device), cfg.train.amp)
+    (run_dir / "env.json").write_text(json.dumps({**versions(), "precision": str(precision)}, indent=2))
     log(f"data {ds.name}: {len(ds.train)} training images of {ds.image_size}px x {ds.channels} channels")
     history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log)
     export_encoder(m.encoder, run_dir / "encoder.pt")
@@ -220,7 +232,7 @@ def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
         p = p / "encoder.pt"
     ckpt = checkpoint.load_checkpoint(p)
     enc = rebuild_encoder(ckpt["encoder"], checkpoint.encoder_state(ckpt))
-    return enc.to(engine.select_device(device or "auto"))
+    return enc.to(select_device(device or "auto"))
 
 
 def label_efficiency(encoder: Encoder | str | Path, data: Any = "shapes", cfg=None, *,
@@ -258,17 +270,19 @@ def dataset_for(encoder: Encoder, data: Any, **kw) -> Dataset:
 
 def evaluate(encoder: Encoder | str | Path, data: Any = "shapes", *, k: int = 20,
              temperature: float = 0.07, linear: bool = True, out: str | Path | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, amp: bool = True) -> dict[str, Any]:
     """kNN and linear-probe accuracy of frozen features on a labelled source's test split
-    (a source without one gets a stratified 20% of its training labels held out)."""
+    (a source without one gets a stratified 20% of its training labels held out).
+    ``amp=False`` extracts the features in fp32 instead of bf16 where the hardware has it."""
     enc = _as_encoder(encoder)
     ds = labelled_with_test(dataset_for(enc, data), "evaluate")
-    ftr = extract_features(enc, ds.train, progress=progress)
-    fte = extract_features(enc, ds.test, progress=progress)
+    ftr = extract_features(enc, ds.train, progress=progress, amp=amp)
+    fte = extract_features(enc, ds.test, progress=progress, amp=amp)
     ytr, yte = torch.from_numpy(np.asarray(ds.train.labels)), torch.from_numpy(np.asarray(ds.test.labels))
     c = len(ds.train.classes)
     result: dict[str, Any] = {
         "data": ds.name, "test_split": ds.test_origin, "n_train": len(ftr), "n_test": len(fte), "feature_dim": int(ftr.shape[1]),
+        "precision": choose_precision(next(enc.parameters()).device, amp).name,
         "knn_top1": knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=temperature, num_classes=c),
         "knn_protocol": f"weighted kNN, cosine, k={k}, T={temperature}",
     }
@@ -282,7 +296,7 @@ def evaluate(encoder: Encoder | str | Path, data: Any = "shapes", *, k: int = 20
 
 
 def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
-          split: str = "train", progress: bool = True, chunk: int = 4096) -> dict[str, Path]:
+          split: str = "train", progress: bool = True, chunk: int = 4096, amp: bool = True) -> dict[str, Path]:
     """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table.
 
     Everything is streamed: embeddings go batch by batch into a memory-mapped ``.npy``,
@@ -300,7 +314,7 @@ def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
              "ids": out / "ids.npy", "table": out / "embeddings.csv"}
     n, d = len(part), enc.num_features
     feats = open_memmap(paths["embeddings"], mode="w+", dtype=np.float32, shape=(n, d))
-    extract_features(enc, part, progress=progress, out=feats)
+    extract_features(enc, part, progress=progress, out=feats, amp=amp)
     feats.flush()
     np.save(paths["labels"], np.asarray(part.labels))
     chunks = [np.arange(s, min(s + chunk, n)) for s in range(0, n, chunk)]

@@ -41,6 +41,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--strict", action="store_true", help="unreadable image files are an error, not skipped")
     p.add_argument("--download", action="store_true", help="let cifar10/stl10 download their files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option, dotted")
 
 
@@ -52,6 +53,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--k", type=int, default=20, help="neighbours for the weighted kNN (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
     p.add_argument("--no-linear", action="store_true", help="skip the linear probe")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--out", help="JSON file for the results (default RUN/eval.json for a run folder)")
 
     p = sub.add_parser("embed", help="write embeddings of a data source",
@@ -60,6 +62,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", required=True, help="data source to embed, e.g. folder:PATH")
     p.add_argument("--split", default="train", choices=["train", "test"], help="which split (default train)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
 
     p = sub.add_parser("export", help="export the encoder of a run as a standalone file",
                        description="Save the encoder alone; load it with selfsup.load_encoder(path).")
@@ -82,6 +85,7 @@ def _add_label_efficiency(sub) -> None:
     p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "scratch"],
                    help="any of knn linear finetune scratch (default all)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps for fine-tune and scratch (default 500)")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--out", help="output folder (default: the run folder)")
 
 
@@ -135,6 +139,8 @@ def cmd_pretrain(a) -> None:
     overrides = {"data.strict": True} if a.strict else {}
     if a.download:
         overrides["data.download"] = True
+    if a.no_amp:
+        overrides["train.amp"] = False
     from selfsup.config import parse_overrides
 
     overrides.update(parse_overrides(a.set))
@@ -155,7 +161,7 @@ def cmd_evaluate(a) -> None:
 
     out = a.out or (Path(a.run) / "eval.json" if Path(a.run).is_dir() else None)
     res = evaluate(a.run, a.data, k=a.k, temperature=a.temperature, linear=not a.no_linear, out=out,
-                   progress=True)
+                   progress=True, amp=not a.no_amp)
     print(json.dumps(res, indent=2))
 
 
@@ -169,7 +175,7 @@ def cmd_label_efficiency(a) -> None:
 
     enc = load_encoder(a.run, device="cpu")
     cfg = le.StudyConfig(fractions=tuple(a.fractions), per_class=tuple(a.per_class) if a.per_class else None,
-                         seeds=a.seeds, protocols=tuple(a.protocols), classifier=ClassifierConfig(steps=a.steps))
+                         seeds=a.seeds, protocols=tuple(a.protocols), classifier=ClassifierConfig(steps=a.steps, amp=not a.no_amp))
     result = label_efficiency(enc, a.data, cfg)
     out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
     paths = le.save(result, out)
@@ -223,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "embed":
             from selfsup.api import embed
 
-            paths = embed(args.run, args.data, args.out, split=args.split)
+            paths = embed(args.run, args.data, args.out, split=args.split, amp=not args.no_amp)
             print("wrote " + ", ".join(str(p) for p in paths.values()))
         elif args.command == "export":
             from selfsup.api import export_encoder, load_encoder

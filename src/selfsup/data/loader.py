@@ -41,15 +41,17 @@ class Loader:
     ``shuffle=False`` keeps the stored order (evaluation); ``drop_last=False`` also
     yields the last partial batch.  Iterating :meth:`epoch` or :meth:`steps` yields
     ``(indices, images)``: the sample indices (int64 numpy) and their uint8 images as a
-    CPU tensor (B, H, W, C).
+    CPU tensor (B, H, W, C), page-locked with ``pin_memory`` (for a CUDA device).
     """
 
     def __init__(self, samples, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1, prefetch: bool = True):
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1, prefetch: bool = True,
+                 pin_memory: bool = False):
         if batch_size < 1:
             raise SelfSupError(f"batch size must be at least 1, got {batch_size}")
         self.samples, self.batch_size, self.seed = samples, batch_size, seed
         self.shuffle, self.drop_last, self.prefetch = shuffle, drop_last, prefetch
+        self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
         self.rank, self.world_size = rank, world_size
         self.n = len(samples)
 
@@ -70,7 +72,8 @@ class Loader:
         return divmod(step, max(self.steps_per_epoch, 1))
 
     def read(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.samples.read(idx))  # (B, H, W, C) uint8
+        batch = torch.from_numpy(self.samples.read(idx))  # (B, H, W, C) uint8
+        return batch.pin_memory() if self.pin_memory else batch
 
     def steps(self, start: int, stop: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Batches of global steps ``start .. stop - 1`` (across epochs)."""

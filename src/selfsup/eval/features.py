@@ -9,31 +9,36 @@ from selfsup.data import to_float
 from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.models import eval_mode
+from selfsup.models.runtime import choose_precision, fast_layout
 
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, data, *, batch_size: int = 512,
                      device: torch.device | str | None = None, progress: bool = False,
-                     out: np.ndarray | None = None) -> torch.Tensor:
+                     out: np.ndarray | None = None, amp: bool = True) -> torch.Tensor:
     """Representations ``h`` of every sample of ``data`` (an ImageSet, or a (N, H, W, C)
     uint8 array), in order, as a float32 CPU tensor (N, D).
 
     The samples are read in batches (memory holds one batch of images, not the set).
     With ``out`` (an (N, D) float32 array, e.g. a memory-mapped ``.npy``) the features are
     written there batch by batch and ``out`` is returned as a tensor view.  The encoder
-    runs in eval mode (BatchNorm running statistics) and is put back in the mode it was in.
+    runs in eval mode (BatchNorm running statistics) and is put back in the mode it was in,
+    on the training's fast path (:mod:`selfsup.models.runtime`: bf16 autocast where the
+    hardware has it unless ``amp`` is False, channels-last convolutions).
     """
     samples = as_samples(data)
     if device is None:
         device = next(encoder.parameters()).device
-    loader = Loader(samples, batch_size, shuffle=False, drop_last=False)
+    precision = choose_precision(device, amp)
+    fast_layout(encoder, device)
+    loader = Loader(samples, batch_size, shuffle=False, drop_last=False, pin_memory=torch.device(device).type == "cuda")
     batches = loader.epoch()
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=loader.steps_per_epoch, desc="features", unit="batch", leave=False)
     parts = []
-    with eval_mode(encoder):
+    with eval_mode(encoder), precision.autocast():
         for idx, images in batches:
             h = encoder(to_float(images, device)).float().cpu()  # (B, D)
             if out is None:

@@ -28,6 +28,7 @@ from selfsup.data.splits import stratified_split
 from selfsup.data.views import ViewConfig, augment
 from selfsup.eval.features import extract_features
 from selfsup.models import Encoder
+from selfsup.models.runtime import choose_precision, fast_layout
 from selfsup.schedules import cosine_schedule
 from selfsup.train.optim import param_groups
 
@@ -46,6 +47,7 @@ class ClassifierConfig:
     eval_every: int = 50             # steps between validation checks
     patience: int = 5                # stop after this many checks without improvement
     seed: int = 0
+    amp: bool = True                 # bf16 autocast where the hardware has it (models.runtime)
 
 
 class Classifier(nn.Module):
@@ -91,7 +93,8 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
         if len(val_idx) >= num_classes:  # enough labels to hold some out
             samples, val_samples = samples.subset(train_idx), samples.subset(val_idx)
     torch.manual_seed(cfg.seed)
-    model = Classifier(encoder, num_classes).to(device)
+    model = fast_layout(Classifier(encoder, num_classes).to(device), device)
+    precision = choose_precision(device, cfg.amp)
     nn.init.zeros_(model.head.bias)
     groups = _encoder_groups(model.encoder, cfg)
     groups += [dict(g, lr_scale=1.0) for g in param_groups(list(model.head.named_parameters()),
@@ -119,12 +122,14 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
         x = augment(to_float(torch.from_numpy(samples.read(idx.numpy())), device), views, gen)  # (B, C, H, W)
         for g in opt.param_groups:
             g["lr"] = float(sched[step]) * g["lr_scale"]
-        loss = F.cross_entropy(model(x), y_all[idx].to(device), label_smoothing=cfg.label_smoothing)
+        with precision.autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y_all[idx].to(device), label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if val_samples is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            acc = classifier_accuracy(model, val_samples)
+            acc = classifier_accuracy(model, val_samples, amp=cfg.amp)
             model.train()
             if acc > best:
                 best, best_state, checks_without_gain = acc, copy.deepcopy(model.state_dict()), 0
@@ -139,8 +144,8 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
 
 
 @torch.no_grad()
-def classifier_accuracy(model: Classifier, samples: ImageSet) -> float:
+def classifier_accuracy(model: Classifier, samples: ImageSet, amp: bool = True) -> float:
     """Top-1 accuracy of ``model`` on the labelled ``samples``."""
-    feats = extract_features(model.encoder, samples)
+    feats = extract_features(model.encoder, samples, amp=amp)
     logits = model.head(feats.to(next(model.head.parameters()).device))
     return (logits.argmax(1).cpu() == torch.from_numpy(np.asarray(samples.labels)).long()).float().mean().item()

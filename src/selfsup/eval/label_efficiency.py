@@ -75,7 +75,8 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
     train, test = ds.train, ds.test
     c = len(train.classes)
     encoder = encoder.cpu().eval()
-    ftr, fte = extract_features(encoder, train), extract_features(encoder, test)
+    amp = cfg.classifier.amp
+    ftr, fte = extract_features(encoder, train, amp=amp), extract_features(encoder, test, amp=amp)
     ytr, yte = torch.from_numpy(np.asarray(train.labels)), torch.from_numpy(np.asarray(test.labels))
     rows = []
     for name, frac in _budgets(cfg, np.asarray(train.labels)):
@@ -91,10 +92,10 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
             if "finetune" in cfg.protocols:
                 ft_cfg = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, val_fraction=0.1)
                 model = train_classifier(copy.deepcopy(encoder), train.subset(idx), c, ft_cfg)
-                row["finetune"] = classifier_accuracy(model, test)
+                row["finetune"] = classifier_accuracy(model, test, amp=amp)
             if "scratch" in cfg.protocols:
                 model = train_classifier(fresh_copy(encoder, seed), train.subset(idx), c, replace(clf, val_fraction=0.1))
-                row["scratch"] = classifier_accuracy(model, test)
+                row["scratch"] = classifier_accuracy(model, test, amp=amp)
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             log(f"{name:>8s} seed {seed}: " + ", ".join(f"{p} {row[p]:.3f}" for p in cfg.protocols))

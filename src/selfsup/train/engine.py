@@ -1,7 +1,8 @@
 """The training engine: the step loop and nothing else.
 
-Per step: LR and weight decay from precomputed schedules, the method's loss under AMP
-(CUDA only), a guard that stops on a non-finite loss *before* anything is written,
+Per step: LR and weight decay from precomputed schedules, the method's loss under
+autocast (bf16 on CUDA and on CPUs with native bf16, see :mod:`selfsup.models.runtime`),
+a guard that stops on a non-finite loss *before* anything is written,
 optional gradient clipping, the method's pre-step hook (gradient edits), the optimizer
 step and the method's post-step hook (EMA).
 Checkpoints are atomic and hold everything needed to continue the same run exactly:
@@ -25,34 +26,11 @@ from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
+from selfsup.models.runtime import choose_precision, fast_layout, select_device
 from selfsup.schedules import cosine_schedule
 from selfsup.train.checkpoint import CHECKPOINT, FORMAT, atomic_save, load_checkpoint
 from selfsup.train.monitor import CollapseMonitor
 from selfsup.train.optim import build_optimizer, scaled_lr
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SelfSupError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SelfSupError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    return dev
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return torch.autocast(device_type="cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *,
@@ -77,7 +55,7 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
     if bs > n:
         raise SelfSupError(f"batch size {bs} is larger than the {n} training images; "
                            f"lower --batch-size to at most {n}")
-    loader = Loader(samples, bs, seed=tc.seed)  # drops the last partial batch
+    loader = Loader(samples, bs, seed=tc.seed, pin_memory=device.type == "cuda")  # drops the last partial batch
     steps_per_epoch = loader.steps_per_epoch
     total = tc.epochs * steps_per_epoch
     if total < 1:
@@ -88,10 +66,12 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
     wd_end = oc.weight_decay if oc.weight_decay_end is None else oc.weight_decay_end
     wd_sched = cosine_schedule(oc.weight_decay, wd_end, total)
     method.setup_schedules(total, steps_per_epoch)
-    method.to(device)
+    fast_layout(method.to(device), device)
+    if tc.compile:
+        method.encoder.compile()  # in place: parameter names and checkpoints are unchanged
     optimizer = build_optimizer(method.trainable_parameters(), oc)
-    use_amp = tc.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    precision = choose_precision(device, tc.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_loss_scaling)
 
     torch.manual_seed(tc.seed)
     aug_gen = torch.Generator().manual_seed(tc.seed)
@@ -131,10 +111,12 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
             "data_position": _position(loader, step, n),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
             "encoder": {"name": method.encoder.name, "kwargs": method.encoder.kwargs},
+            "precision": precision.name,
         }, ckpt_path)
 
     n_params = sum(p.numel() for _, p in method.trainable_parameters())
-    log(f"{cfg.method} on {device} | {n_params / 1e6:.2f}M trainable params | amp {use_amp}")
+    log(f"{cfg.method} on {device} | {n_params / 1e6:.2f}M trainable params | precision {precision}"
+        + ("" if precision.dtype is None else "; train.amp=false for fp32"))
     log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x effective batch {bs} -> lr {lr:.4g}; "
         f"{steps_per_epoch} steps/epoch, {total} steps")
 
@@ -142,17 +124,19 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
     history: list[dict[str, float]] = []
     monitor = CollapseMonitor()
     bar = _progress(total, step, tc.progress)
-    t_last, seen = time.perf_counter(), 0
+    t_last = t_step_end = time.perf_counter()
+    seen, waited = 0, 0.0
     method.train()
     try:
         for _, batch in loader.steps(step, stop_at):
+            waited += time.perf_counter() - t_step_end  # the step waited this long for its batch
             epoch = step // steps_per_epoch
             x = to_float(batch, device)  # (B, C, H, W) in [0, 1]
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_sched[step])
                 if group.get("apply_wd"):
                     group["weight_decay"] = float(wd_sched[step])
-            with _autocast(device, use_amp):
+            with precision.autocast():
                 loss, logs = method.training_step(x, aug_gen)
             value = loss.item()
             if not math.isfinite(value):
@@ -175,8 +159,9 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
             if step % tc.log_every == 0 or step == stop_at:
                 now = time.perf_counter()
                 rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
-                       "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last), **logs}
-                t_last, seen = now, 0
+                       "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last),
+                       "data_wait": waited / (now - t_last), **logs}
+                t_last, seen, waited = now, 0, 0.0
                 warning = monitor.update(logs)
                 if warning and monitor.bad == monitor.window:
                     log(f"warning at step {step}: {warning}")
@@ -187,6 +172,7 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rec['samples_per_s']:.0f}")
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
                 save_checkpoint()
+            t_step_end = time.perf_counter()
     except KeyboardInterrupt:
         save_checkpoint()
         bar.close()

@@ -11,6 +11,7 @@ from selfsup.eval.diagnostics.compactness import collapse_flag, dims_for_varianc
 from selfsup.eval.diagnostics.disentanglement import dci, mig
 from selfsup.eval.diagnostics.geometry import alignment, relative_alignment, uniformity
 from selfsup.models import eval_mode
+from selfsup.models.runtime import choose_precision, fast_layout
 
 ALIGNMENT_VIEW_STRENGTH = 0.5  # colour-jitter strength of the SimCLR views used by inspect
 
@@ -85,7 +86,8 @@ def _two_view_embeddings(encoder: torch.nn.Module, images: np.ndarray, seed: int
     cfg = for_small_images(simclr_views(ALIGNMENT_VIEW_STRENGTH), images.shape[1])
     gen = torch.Generator().manual_seed(seed)
     a, b = [], []
-    with eval_mode(encoder):
+    fast_layout(encoder, device)
+    with eval_mode(encoder), choose_precision(device).autocast():
         for s in range(0, len(images), batch_size):
             x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])), device)  # (B, C, H, W)
             a.append(encoder(augment(x, cfg, gen)).float().cpu())
