@@ -22,7 +22,7 @@ features of the shapes test split.
 lightly is an optional benchmark dependency, never one of selfsup's:
 
     pip install lightly      # or: pip install -e .[bench]
-    python benchmarks/bench_peers.py [--repeats 3] [--budget 120]
+    python benchmarks/bench_peers.py [--repeats 3] [--budget 120] [--compile]
 """
 from __future__ import annotations
 
@@ -118,15 +118,10 @@ def lightly_rate(backbone, images, batch, warmup, steps, workers, seed) -> float
 # --- selfsup ----------------------------------------------------------------------------
 
 
-def selfsup_run(backbone: str, images, labels, batch: int, work: str, *, amp: bool = True,
-                max_steps: int | None = None, epochs: int = 1000, seed: int = 0):
-    return selfsup.pretrain("simclr", (images, labels), backbone=backbone, batch_size=batch, epochs=epochs,
-                            max_steps=max_steps, seed=seed, out_dir=work, progress=False, log=lambda s: None,
-                            overrides={"train.amp": amp, "train.log_every": 1})
-
-
-def selfsup_rate(backbone, images, labels, batch, warmup, steps, work, amp) -> float:
-    run = selfsup_run(backbone, images, labels, batch, work, amp=amp, max_steps=warmup + steps)
+def selfsup_rate(backbone, images, labels, batch, warmup, steps, work, overrides) -> float:
+    run = selfsup.pretrain("simclr", (images, labels), backbone=backbone, batch_size=batch, epochs=1000,
+                           max_steps=warmup + steps, out_dir=work, progress=False, log=lambda s: None,
+                           overrides={"train.log_every": 1, **overrides})
     timed = run.history[warmup:]  # one record per step (log_every 1)
     return batch * len(timed) / sum(batch / r["samples_per_s"] for r in timed)
 
@@ -137,21 +132,23 @@ def selfsup_rate(backbone, images, labels, batch, warmup, steps, work, amp) -> f
 def throughput(a, images, labels, work: Path) -> list[dict]:
     out = []
     for backbone, batch, warmup, steps in CASES:
-        rates: dict[str, list[float]] = {"lightly": [], "selfsup": [], "selfsup_fp32": []}
+        variants = {"selfsup": {}, "selfsup_fp32": {"train.amp": False}}
+        if a.compile:
+            variants["selfsup_compile"] = {"train.compile": True}
+        rates: dict[str, list[float]] = {"lightly": [], **{k: [] for k in variants}}
         for r in range(a.repeats):
             rates["lightly"].append(lightly_rate(backbone, images, batch, warmup, steps, a.lightly_workers, r))
-            rates["selfsup"].append(selfsup_rate(backbone, images, labels, batch, warmup, steps,
-                                                 str(work / f"{backbone}-{r}"), amp=True))
-            rates["selfsup_fp32"].append(selfsup_rate(backbone, images, labels, batch, warmup, steps,
-                                                      str(work / f"{backbone}-fp32-{r}"), amp=False))
+            for name, overrides in variants.items():
+                rates[name].append(selfsup_rate(backbone, images, labels, batch, warmup, steps,
+                                                str(work / f"{backbone}-{name}-{r}"), overrides))
             print(f"  {backbone} run {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
                   + " images/s", flush=True)
         row = {"backbone": backbone, "batch_size": batch, "image_size": SIZE, "warmup_steps": warmup,
                "timed_steps": steps, "repeats": a.repeats, "images_per_s": rates}
         for k, v in rates.items():
             row[f"{k}_mean"], row[f"{k}_std"] = mean_std(v)
-        row["ratio"] = row["selfsup_mean"] / row["lightly_mean"]
-        row["ratio_fp32"] = row["selfsup_fp32_mean"] / row["lightly_mean"]
+        for name in variants:
+            row[name.replace("selfsup", "ratio")] = row[f"{name}_mean"] / row["lightly_mean"]
         out.append(row)
     return out
 
@@ -187,6 +184,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120, help="training seconds per side for the kNN comparison")
     ap.add_argument("--lightly-workers", type=int, default=0,
                     help="DataLoader workers for lightly (0 was its fastest setting on 2 cores)")
+    ap.add_argument("--compile", action="store_true", help="also time selfsup with train.compile=true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peers.json"))
     a = ap.parse_args()
@@ -207,7 +205,9 @@ def main() -> None:
                   f"{r['timed_steps']} steps: lightly {r['lightly_mean']:.1f} +- {r['lightly_std']:.1f}, "
                   f"selfsup {r['selfsup_mean']:.1f} +- {r['selfsup_std']:.1f} images/s -> {r['ratio']:.2f}x "
                   f"(selfsup fp32 {r['selfsup_fp32_mean']:.1f} +- {r['selfsup_fp32_std']:.1f}, "
-                  f"{r['ratio_fp32']:.2f}x)", flush=True)
+                  f"{r['ratio_fp32']:.2f}x" + (f"; with train.compile {r['selfsup_compile_mean']:.1f} +- "
+                                              f"{r['selfsup_compile_std']:.1f}, {r['ratio_compile']:.2f}x"
+                                              if a.compile else "") + ")", flush=True)
         small = next(r for r in rows if r["backbone"] == "small_cnn")
         knn = same_budget_knn(a, ds, small["selfsup_mean"], work)
     print(f"kNN on shapes after {a.budget:.0f} s of SimCLR training (small CNN): "

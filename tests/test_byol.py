@@ -157,17 +157,19 @@ def test_collapse_monitor_flags_byol_without_batchnorm_in_its_heads(tmp_path):
 
 @pytest.mark.slow
 def test_byol_learns_shape_features_on_small_shapes(tmp_path):
-    """16 px shapes, 3000 images, 30 short epochs (690 steps): kNN on the shape labels beats
-    the same network at its random initialisation, on 2000 test images (kNN noise about
-    +-0.01).  Measured (1 thread, bf16): seed 0 random init 0.216 -> 0.246, seed 1 0.238 ->
-    0.254; with 500 test images and fp32 before channels-last, 0.204 -> 0.250.  BYOL barely
-    learns at this budget (the gain appears late: 0.198 after 24 epochs), so the margin
-    asserted is small; issue 13 is about defaults that learn clearly.  Needs strong colour
-    jitter and crop (0.25, 1) like MoCo; with the paper's views and <= 450 steps BYOL stayed
-    within +-0.03 of random init."""
+    """16 px shapes, 3000 images, 30 short epochs of batch 64 (1380 steps): kNN on the shape
+    labels beats the same network at its random initialisation, on 2000 test images (kNN
+    noise about +-0.01).  BYOL is unstable at this budget: its result moves by several
+    points with the seed and with rounding (fp32 -> bf16, a fused optimizer).  Measured
+    (1 thread, bf16, fused AdamW), random init -> trained, seeds 0 / 1: batch 64:
+    0.216 -> 0.301 / 0.238 -> 0.264; batch 128 (690 steps): 0.216 -> 0.223 / 0.238 -> 0.254;
+    batch 128 with tau 0.9: 0.216 -> 0.173 / 0.238 -> 0.266.  So the margin asserted is
+    small; issue 13 is about defaults that learn clearly.  Needs strong colour jitter and
+    crop (0.25, 1) like MoCo; with the paper's views and <= 450 steps BYOL stayed within
+    +-0.03 of random init."""
     options = {"hidden_dim": 512, "tau": 0.98, "views": {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.25, 1.0]}}
     r = learn_on_shapes("byol", tmp_path, options=options, num_train=3000, num_test=2000, train__epochs=30,
-                        train__batch_size=128, optim__base_lr=4e-3, optim__warmup_epochs=2)
+                        train__batch_size=64, optim__base_lr=4e-3, optim__warmup_epochs=2)
     print(f"BYOL kNN: random init {r.random_init:.3f}, trained {r.trained:.3f}")
     assert not any(rec["collapse_suspected"] for rec in r.history)
-    assert r.trained > r.random_init + 0.01
+    assert r.trained > r.random_init + 0.015

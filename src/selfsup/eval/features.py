@@ -9,7 +9,7 @@ from selfsup.data import to_float
 from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.models import eval_mode
-from selfsup.models.runtime import choose_precision, fast_layout
+from selfsup.models.runtime import choose_precision, fast_layout, keep_freed_memory
 
 
 @torch.no_grad()
@@ -31,6 +31,8 @@ def extract_features(encoder: nn.Module, data, *, batch_size: int = 512,
         device = next(encoder.parameters()).device
     precision = choose_precision(device, amp)
     fast_layout(encoder, device)
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     loader = Loader(samples, batch_size, shuffle=False, drop_last=False, pin_memory=torch.device(device).type == "cuda")
     batches = loader.epoch()
     if progress:

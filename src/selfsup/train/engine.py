@@ -26,7 +26,7 @@ from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
-from selfsup.models.runtime import choose_precision, fast_layout, select_device
+from selfsup.models.runtime import choose_precision, fast_layout, keep_freed_memory, select_device
 from selfsup.schedules import cosine_schedule
 from selfsup.train.checkpoint import CHECKPOINT, FORMAT, atomic_save, load_checkpoint
 from selfsup.train.monitor import CollapseMonitor
@@ -44,6 +44,8 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(tc.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
