@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-peers install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_time_to_accuracy.py
 	$(PY) benchmarks/bench_methods.py
+
+# selfsup against lightly, in one run (installs lightly, an optional benchmark extra)
+bench-peers: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) benchmarks/bench_peers.py --compile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

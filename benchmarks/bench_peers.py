@@ -11,9 +11,10 @@ momentum 0.9), each view through the model separately, fp32.  selfsup runs
 CPU has native bf16), and once more with `train.amp=false` (fp32) to show what comes
 from the precision.
 
-Throughput: per case and side, ``--repeats`` runs of ``warmup + steps`` steps; a run's
-images/s is (steps x batch) / (time of its timed steps, data loading included); the
-sides alternate so that drift in the machine hits both.  kNN: SimCLR on the small CNN
+Throughput: per case and side, ``--repeats`` runs of ``warmup + steps`` steps, each in a
+fresh process; a run's images/s is (steps x batch) / (time of its timed steps, data
+loading included); the sides alternate so that drift in the machine hits both.  The kNN
+runs share the main process, lightly's first.  kNN: SimCLR on the small CNN
 for ``--budget`` seconds of training on each side (selfsup gets the number of epochs
 that its measured speed fits into the budget, so its schedule completes; lightly trains
 until the budget is spent), then the same weighted kNN (k=20, T=0.07) on the frozen
@@ -29,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,18 +132,39 @@ def selfsup_rate(backbone, images, labels, batch, warmup, steps, work, overrides
 # --- the benchmark ----------------------------------------------------------------------
 
 
-def throughput(a, images, labels, work: Path) -> list[dict]:
+def measure(spec: dict) -> float:
+    """images/s of one timed run, in a fresh process: nothing one side changes in the
+    process (selfsup's malloc setting, oneDNN's caches, threads) reaches the other."""
+    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"run {spec} failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def one(spec: dict) -> float:
+    torch.set_num_threads(spec["threads"])
+    ds = create_dataset("shapes", image_size=SIZE)
+    args = (spec["backbone"], ds.train.images)
+    if spec["side"] == "lightly":
+        return lightly_rate(*args, spec["batch"], spec["warmup"], spec["steps"], spec["workers"], spec["repeat"])
+    with tempfile.TemporaryDirectory() as work:
+        return selfsup_rate(*args, ds.train.labels, spec["batch"], spec["warmup"], spec["steps"], work,
+                            spec["overrides"])
+
+
+def throughput(a) -> list[dict]:
     out = []
     for backbone, batch, warmup, steps in CASES:
         variants = {"selfsup": {}, "selfsup_fp32": {"train.amp": False}}
         if a.compile:
             variants["selfsup_compile"] = {"train.compile": True}
         rates: dict[str, list[float]] = {"lightly": [], **{k: [] for k in variants}}
+        base = {"backbone": backbone, "batch": batch, "warmup": warmup, "steps": steps, "threads": a.threads,
+                "workers": a.lightly_workers}
         for r in range(a.repeats):
-            rates["lightly"].append(lightly_rate(backbone, images, batch, warmup, steps, a.lightly_workers, r))
+            rates["lightly"].append(measure({**base, "side": "lightly", "repeat": r}))
             for name, overrides in variants.items():
-                rates[name].append(selfsup_rate(backbone, images, labels, batch, warmup, steps,
-                                                str(work / f"{backbone}-{name}-{r}"), overrides))
+                rates[name].append(measure({**base, "side": "selfsup", "repeat": r, "overrides": overrides}))
             print(f"  {backbone} run {r}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
                   + " images/s", flush=True)
         row = {"backbone": backbone, "batch_size": batch, "image_size": SIZE, "warmup_steps": warmup,
@@ -187,7 +211,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time selfsup with train.compile=true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "peers.json"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one timed run (JSON spec), prints images/s
     a = ap.parse_args()
+    if a.one:
+        print(one(json.loads(a.one)))
+        return
     import lightly
 
     torch.set_num_threads(a.threads)
@@ -196,10 +224,9 @@ def main() -> None:
           f"{a.threads} torch threads, GPU: {env['cuda'] or 'none'}")
     print(f"torch {env['torch']}, torchvision {env['torchvision']}, lightly {env['lightly']}, selfsup {env['selfsup']}")
     ds = create_dataset("shapes", image_size=SIZE)
-    images, labels = ds.train.images, ds.train.labels
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = throughput(a, images, labels, work)
+        rows = throughput(a)
         for r in rows:
             print(f"{r['backbone']:10s} batch {r['batch_size']}, {r['image_size']} px, n={r['repeats']} runs x "
                   f"{r['timed_steps']} steps: lightly {r['lightly_mean']:.1f} +- {r['lightly_std']:.1f}, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +71,9 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
     method.setup_schedules(total, steps_per_epoch)
     fast_layout(method.to(device), device)
     if tc.compile:
+        if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+            raise SelfSupError("train.compile on the CPU needs a C++ compiler (g++ or clang++); install one "
+                               "or drop train.compile")
         method.encoder.compile()  # in place: parameter names and checkpoints are unchanged
     optimizer = build_optimizer(method.trainable_parameters(), oc)
     precision = choose_precision(device, tc.amp)
@@ -101,6 +105,9 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
                                f"this data has {n}; resume with the same data")
         _truncate_metrics(metrics_path, step)
         log(f"resuming {run_dir} at step {step}/{total}")
+        if ckpt.get("precision", precision.name) != precision.name:
+            log(f"note: the run so far trained in {ckpt['precision']}, it continues in {precision.name} "
+                f"(set train.amp to keep one precision)")
     elif metrics_path.exists():
         metrics_path.unlink()
 
