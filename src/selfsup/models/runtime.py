@@ -12,8 +12,9 @@ Training, feature extraction, fine-tuning and ``embed`` share one fast path:
   channels-last, which oneDNN and cuDNN run fastest) and, on a CPU, timm's explicit
   attention instead of the fused kernel, whose bf16 backward is slower than fp32 there.
 
-Measured on 2 cores with AMX-BF16 (``benchmarks/bench_throughput.py``): a SimCLR step
-on ResNet-18 (CIFAR stem) runs about 3x as fast as fp32 NCHW.
+Measured on 2 cores with AMX-BF16 (``benchmarks/bench_throughput.py``): a SimCLR step on
+ResNet-18 (CIFAR stem) at batch 128 runs at 105 images/s against 42 in fp32 (2.5x), the
+small CNN at 2076 against 1387 (1.5x).
 """
 from __future__ import annotations
 
