@@ -29,11 +29,12 @@ def extract_features(encoder: nn.Module, data, *, batch_size: int = 512,
     samples = as_samples(data)
     if device is None:
         device = next(encoder.parameters()).device
+    device = torch.device(device)
     precision = choose_precision(device, amp)
     fast_layout(encoder, device)
-    if torch.device(device).type == "cpu":
+    if device.type == "cpu":
         keep_freed_memory()
-    loader = Loader(samples, batch_size, shuffle=False, drop_last=False, pin_memory=torch.device(device).type == "cuda")
+    loader = Loader(samples, batch_size, shuffle=False, drop_last=False, pin_memory=device.type == "cuda")
     batches = loader.epoch()
     if progress:
         from tqdm.auto import tqdm

@@ -30,7 +30,7 @@ from selfsup.eval.features import extract_features
 from selfsup.models import Encoder
 from selfsup.models.runtime import choose_precision, fast_layout
 from selfsup.schedules import cosine_schedule
-from selfsup.train.optim import can_fuse, param_groups
+from selfsup.train.optim import fused_option, param_groups
 
 
 @dataclass
@@ -100,7 +100,7 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
     groups += [dict(g, lr_scale=1.0) for g in param_groups(list(model.head.named_parameters()),
                                                           cfg.weight_decay)]
     groups = [g for g in groups if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=0.0, **({"fused": True} if can_fuse(groups) else {}))
+    opt = torch.optim.AdamW(groups, lr=0.0, **fused_option(groups))
     sched = cosine_schedule(cfg.lr, 0.0, cfg.steps, int(cfg.warmup_frac * cfg.steps))
     views = ViewConfig(crop_scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
