@@ -11,7 +11,7 @@ from PIL import Image
 
 import selfsup
 from selfsup.cli import main
-from selfsup.data import IndexedView, ImageSet, SampleSpec, as_dataset, cache, create_dataset, folder, to_float
+from selfsup.data import IndexedView, ImageSet, SampleSpec, as_dataset, cache, create_dataset, folder, to_input
 from selfsup.data.loader import Loader, epoch_order, shard
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import extract_features
@@ -70,7 +70,7 @@ def test_unshuffled_epoch_keeps_order_and_the_last_partial_batch():
     batches = list(Loader(samples, 3, shuffle=False, drop_last=False).epoch())
     assert [len(i) for i, _ in batches] == [3, 3, 1]
     np.testing.assert_array_equal(torch.cat([b for _, b in batches]).numpy(), images)
-    x = to_float(batches[0][1])
+    x = to_input(batches[0][1])
     assert x.shape == (3, 1, 2, 2) and x.dtype == torch.float32 and float(x.max()) <= 1
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
+import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +25,15 @@ import yaml
 
 from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides
 from selfsup.data import Dataset, as_dataset, hold_out_test
+from selfsup.data.text import TextOptions, TextSet
+from selfsup.data.tokenizer import Tokenizer
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.methods import METHODS, Method, create_method
-from selfsup.models import Encoder, create_backbone, rebuild_encoder
+from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebuild_encoder
 from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_device
 from selfsup.train import checkpoint, engine
 
@@ -85,6 +90,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SelfSupError(f"unknown optimizer {cfg.optim.name!r}; valid: adamw, sgd, lars")
     if cfg.optim.lr_scaling not in ("linear", "sqrt", "none"):
         raise SelfSupError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; valid: linear, sqrt, none")
+    if cfg.optim.schedule not in ("cosine", "linear"):
+        raise SelfSupError(f"unknown optim.schedule {cfg.optim.schedule!r}; valid: cosine, linear")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise SelfSupError("train.epochs and train.batch_size must be at least 1")
     return cfg
@@ -117,12 +124,22 @@ def _cpu_model() -> str:
 PYTHON_SOURCE = "python:"  # data.source of a run whose data came as a Python object
 
 
-def load_data(cfg: RunConfig, data: Any = None) -> Dataset:
+def text_options(cfg: RunConfig, tokenizer: Any = None) -> TextOptions:
+    """How the run reads and tokenises text: ``tokenizer`` (a resumed run's own), else
+    data.tokenizer, else the --init folder's, else one trained on the training split."""
+    d = cfg.data
+    return TextOptions(tokenizer=tokenizer or d.tokenizer or cfg.init, max_length=d.max_length,
+                       vocab_size=d.vocab_size, text_column=d.text_column, label_column=d.label_column,
+                       unit=d.text_unit)
+
+
+def load_data(cfg: RunConfig, data: Any = None, *, tokenizer: Any = None) -> Dataset:
     """The run's data: ``data`` (a Python object, see :func:`selfsup.data.as_dataset`) or
     the source named in the config."""
     d = cfg.data
     ds = as_dataset(d.source if data is None else data, image_size=d.image_size, cache_dir=d.cache_dir,
-                    strict=d.strict, download=d.download, seed=0, in_memory=d.in_memory, progress=cfg.train.progress)
+                    strict=d.strict, download=d.download, seed=0, in_memory=d.in_memory, progress=cfg.train.progress,
+                    text=text_options(cfg, tokenizer))
     if d.num_train is not None:
         ds.train = ds.train.subset(np.arange(min(d.num_train, len(ds.train))))
     return ds
@@ -190,32 +207,91 @@ def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "
     ckpt = None
     if resume:
         ckpt = checkpoint.load_checkpoint(Path(extra.get("train.out_dir", RunConfig().train.out_dir)))
-        cfg = validate(apply_overrides(from_dict(ckpt["config"]), extra))
+        saved = from_dict(ckpt["config"])
+        saved.train.max_steps = None  # where the last session stopped; a resumed run goes on unless told again
+        cfg = validate(apply_overrides(saved, extra))
     else:
         cfg = build_config(method, preset=preset, config_file=config_file, overrides=extra)
 
     if cfg.data.source.startswith(PYTHON_SOURCE) and obj is None:
         raise SelfSupError("this run was trained on a Python object: pass it again as data= to resume")
-    ds = load_data(cfg, obj)
-    mean, std = channel_stats(ds.train)
+    saved_tokenizer = ckpt["encoder"]["kwargs"].get("tokenizer") if ckpt else None
+    ds = load_data(cfg, obj, tokenizer=saved_tokenizer and Tokenizer.from_json(saved_tokenizer))
+    check_modalities(cfg, ds)
     torch.manual_seed(cfg.train.seed)  # weights are a function of the seed
-    encoder = create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size,
-                              mean=mean, std=std, **cfg.backbone_cfg)
+    encoder = rebuild_encoder(ckpt["encoder"]).train() if ckpt else initial_encoder(cfg, ds, log)
     m = create_method(cfg.method, encoder, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
     run_dir = Path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     precision = choose_precision(select_device(cfg.train.device), cfg.train.amp)
     (run_dir / "env.json").write_text(json.dumps({**versions(), "precision": str(precision)}, indent=2))
-    log(f"data {ds.name}: {len(ds.train)} training images of {ds.image_size}px x {ds.channels} channels")
+    log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
     history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log)
     export_encoder(m.encoder, run_dir / "encoder.pt")
     return Run(cfg, run_dir, m, ds, history)
 
 
-def export_encoder(encoder: Encoder, path: str | Path) -> Path:
-    """Save the encoder alone (backbone name, builder arguments, weights, normalisation)."""
+def check_modalities(cfg: RunConfig, ds: Dataset) -> None:
+    """The method, the backbone and the data must all be images or all text."""
+    kind = ds.spec.modality
+    for what, name, takes in (("method", cfg.method, METHODS.get(cfg.method).modality),
+                              ("backbone", cfg.backbone, modality(cfg.backbone))):
+        if takes != kind:
+            hint = "--method mlm (backbone bert)" if kind == "text" else "an image method such as simclr"
+            raise SelfSupError(f"{what} {name!r} trains on {takes}, but {ds.name} holds {kind}; use {hint}")
+    if cfg.init and kind != "text":
+        raise SelfSupError("--init starts a text encoder from a Hugging Face folder; it needs text data")
+
+
+def initial_encoder(cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = print) -> torch.nn.Module:
+    """A new run's encoder: the --init folder's model, or the backbone fitted to the data
+    (normalised with the images' channel statistics; the text's tokenizer and length)."""
+    if cfg.init:
+        enc = TextEncoder.from_pretrained(cfg.init, max_length=cfg.data.max_length).train()
+        log(f"init from {cfg.init}: {enc.config.num_hidden_layers} layers x {enc.num_features}, vocabulary "
+            f"{enc.tokenizer.vocab_size}" + (" (backbone_cfg does not apply)" if cfg.backbone_cfg else ""))
+        return enc
+    if ds.spec.modality == "text":
+        return create_backbone(cfg.backbone, tokenizer=ds.train.tokenizer, max_length=ds.spec.seq_len,
+                               **cfg.backbone_cfg)
+    mean, std = channel_stats(ds.train)
+    return create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size, mean=mean, std=std,
+                           **cfg.backbone_cfg)
+
+
+def describe(ds: Dataset) -> str:
+    spec = ds.spec
+    if spec.modality == "text":
+        return f"texts, vocabulary {spec.vocab_size}, at most {spec.seq_len} tokens"
+    return f"images of {spec.image_size}px x {spec.channels} channels"
+
+
+EXPORT_FORMATS = ("selfsup", "hf")
+
+
+def export_encoder(encoder: Encoder, path: str | Path, *, format: str = "selfsup") -> Path:
+    """Save the encoder alone.
+
+    ``format="selfsup"``: one ``.pt`` file (backbone name, builder arguments, weights,
+    normalisation or tokenizer) for :func:`load_encoder`.  ``format="hf"`` (text
+    encoders): a Hugging Face folder -- config.json, model.safetensors, the tokenizer
+    files -- that ``transformers.AutoModel`` / ``AutoTokenizer.from_pretrained`` load
+    offline; it is written next to ``path`` and renamed into place, and an existing
+    ``path`` is never overwritten."""
+    if format not in EXPORT_FORMATS:
+        raise SelfSupError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
+    if format == "hf":
+        if not isinstance(encoder, TextEncoder):
+            raise SelfSupError("--format hf exports text encoders; an image encoder exports as a selfsup .pt file")
+        if path.exists():
+            raise SelfSupError(f"{path} already exists; choose a new --out folder (nothing was overwritten)")
+        tmp = path.with_name(f".{path.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        encoder.save_pretrained(tmp)
+        os.replace(tmp, path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_save({"format": checkpoint.ENCODER_FORMAT, "state_dict": encoder.state_dict(),
                             "encoder": {"name": encoder.name, "kwargs": encoder.kwargs}}, path)
@@ -225,9 +301,13 @@ def export_encoder(encoder: Encoder, path: str | Path) -> Path:
 def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
     """Rebuild the encoder from a run folder, a checkpoint or an exported ``encoder.pt``.
 
-    Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) to (N, D).
+    Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) -- or
+    token ids (N, L) -- to (N, D).  A Hugging Face model folder (a text export, or any
+    local BERT-family model) loads as a text encoder.
     """
     p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
+        return TextEncoder.from_pretrained(p).to(select_device(device or "auto"))  # a Hugging Face folder
     if p.is_dir() and (p / "encoder.pt").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
         p = p / "encoder.pt"
     ckpt = checkpoint.load_checkpoint(p)
@@ -236,13 +316,13 @@ def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
 
 
 def label_efficiency(encoder: Encoder | str | Path, data: Any = "shapes", cfg=None, *,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = print, text: TextOptions | None = None) -> dict[str, Any]:
     """The label-efficiency study (:func:`selfsup.eval.label_efficiency.run_study`) of
-    ``encoder`` on ``data`` (a spec or a Python object)."""
+    ``encoder`` on ``data`` (a spec or a Python object; ``text``: how text files are read)."""
     from selfsup.eval import label_efficiency as le
 
     enc = _as_encoder(encoder).cpu().eval()
-    ds = labelled_with_test(dataset_for(enc, data), "run a label-efficiency study")
+    ds = labelled_with_test(dataset_for(enc, data, text), "run a label-efficiency study")
     return le.run_study(enc, ds, cfg or le.StudyConfig(), log=log)
 
 
@@ -259,9 +339,18 @@ def _as_encoder(encoder: Encoder | str | Path) -> Encoder:
     return encoder if isinstance(encoder, torch.nn.Module) else load_encoder(encoder)
 
 
-def dataset_for(encoder: Encoder, data: Any, **kw) -> Dataset:
-    """``data`` (a spec or a Python object) at the encoder's image size, checked for channels."""
-    ds = as_dataset(data, image_size=encoder.kwargs.get("image_size"), **kw)
+def dataset_for(encoder: Encoder, data: Any, text: TextOptions | None = None, **kw) -> Dataset:
+    """``data`` (a spec or a Python object) as ``encoder`` takes it -- images at its size,
+    text through its tokenizer and length (``text`` says only how text files are read:
+    columns, unit) -- checked for the modality and the channels."""
+    options = encoder.data_options()
+    if text is not None and "text" in options:
+        options["text"] = dataclasses.replace(text, tokenizer=options["text"].tokenizer,
+                                              max_length=options["text"].max_length)
+    ds = as_dataset(data, **options, **kw)
+    kind = "text" if isinstance(encoder, TextEncoder) else "image"
+    if ds.spec.modality != kind:
+        raise SelfSupError(f"the encoder takes {kind} but {ds.name} holds {ds.spec.modality}")
     want = encoder.kwargs.get("in_chans")
     if want is not None and ds.channels != want:
         raise SelfSupError(f"the encoder takes {want}-channel images but {ds.name} has {ds.channels}")
@@ -270,33 +359,85 @@ def dataset_for(encoder: Encoder, data: Any, **kw) -> Dataset:
 
 def evaluate(encoder: Encoder | str | Path, data: Any = "shapes", *, k: int = 20,
              temperature: float = 0.07, linear: bool = True, out: str | Path | None = None,
-             progress: bool = False, amp: bool = True) -> dict[str, Any]:
+             progress: bool = False, amp: bool = True, text: TextOptions | None = None) -> dict[str, Any]:
     """kNN and linear-probe accuracy of frozen features on a labelled source's test split
     (a source without one gets a stratified 20% of its training labels held out).
-    ``amp=False`` extracts the features in fp32 instead of bf16 where the hardware has it."""
+    ``amp=False`` extracts the features in fp32 instead of bf16 where the hardware has it.
+
+    When ``encoder`` names a run whose method has held-out metrics of its own (MLM:
+    masked-token accuracy and perplexity against the unigram baseline), they are added
+    under the method's name; such a run also evaluates on unlabeled data (those metrics
+    only, on the test split, or the train split when there is none)."""
     enc = _as_encoder(encoder)
-    ds = labelled_with_test(dataset_for(enc, data), "evaluate")
-    ftr = extract_features(enc, ds.train, progress=progress, amp=amp)
-    fte = extract_features(enc, ds.test, progress=progress, amp=amp)
-    ytr, yte = torch.from_numpy(np.asarray(ds.train.labels)), torch.from_numpy(np.asarray(ds.test.labels))
-    c = len(ds.train.classes)
-    result: dict[str, Any] = {
-        "data": ds.name, "test_split": ds.test_origin, "n_train": len(ftr), "n_test": len(fte), "feature_dim": int(ftr.shape[1]),
-        "precision": choose_precision(next(enc.parameters()).device, amp).name,
-        "knn_top1": knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=temperature, num_classes=c),
-        "knn_protocol": f"weighted kNN, cosine, k={k}, T={temperature}",
-    }
-    if linear:
-        result["linear_top1"] = linear_probe_accuracy(ftr, ytr, fte, yte, num_classes=c)
-        result["linear_protocol"] = "standardised features, L-BFGS logistic regression, L2 chosen on a train split"
+    ds = dataset_for(enc, data, text)
+    method = _run_method(encoder)
+    labelled = ds.train.has_labels
+    if labelled or method is None:
+        ds = labelled_with_test(ds, "evaluate")
+    result: dict[str, Any] = {"data": ds.name, "test_split": ds.test_origin,
+                              "precision": choose_precision(next(enc.parameters()).device, amp).name}
+    if method is not None:
+        held = ds.test if ds.test is not None else ds.train
+        result[method.name] = {"split": "test" if ds.test is not None else "train",
+                               **method.heldout_metrics(held, train=ds.train)}
+    if labelled:
+        result.update(_frozen_probes(enc, ds, k=k, temperature=temperature, linear=linear, progress=progress,
+                                     amp=amp))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))
     return result
 
 
+def _frozen_probes(enc, ds: Dataset, *, k: int, temperature: float, linear: bool, progress: bool,
+                   amp: bool) -> dict[str, Any]:
+    ftr = extract_features(enc, ds.train, progress=progress, amp=amp)
+    fte = extract_features(enc, ds.test, progress=progress, amp=amp)
+    ytr, yte = torch.from_numpy(np.asarray(ds.train.labels)), torch.from_numpy(np.asarray(ds.test.labels))
+    c = len(ds.train.classes)
+    result: dict[str, Any] = {
+        "n_train": len(ftr), "n_test": len(fte), "feature_dim": int(ftr.shape[1]),
+        "knn_top1": knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=temperature, num_classes=c),
+        "knn_protocol": f"weighted kNN, cosine, k={k}, T={temperature}",
+    }
+    if linear:
+        result["linear_top1"] = linear_probe_accuracy(ftr, ytr, fte, yte, num_classes=c)
+        result["linear_protocol"] = "standardised features, L-BFGS logistic regression, L2 chosen on a train split"
+    return result
+
+
+def load_method(path: str | Path | dict) -> Method:
+    """The whole method of a run (encoder, heads, training state) from its checkpoint (a
+    run folder, a ``last.pt``, or the checkpoint dict already read)."""
+    ckpt = path if isinstance(path, dict) else checkpoint.load_checkpoint(path)
+    if ckpt["format"] != checkpoint.FORMAT:
+        raise SelfSupError(f"{path} is an exported encoder, not a run; its method is not in it")
+    cfg = from_dict(ckpt["config"])
+    enc = rebuild_encoder(ckpt["encoder"])
+    m = create_method(cfg.method, enc, cfg.method_cfg, image_size=enc.kwargs.get("image_size"),
+                      channels=enc.kwargs.get("in_chans"))
+    m.load_state_dict(ckpt["method_state"])
+    m.name = cfg.method
+    return m.eval()
+
+
+def _run_method(encoder: Any) -> Method | None:
+    """The method of the run ``encoder`` names, when that method has held-out metrics."""
+    if isinstance(encoder, torch.nn.Module):
+        return None
+    p = Path(encoder)
+    ckpt_path = p / checkpoint.CHECKPOINT if p.is_dir() else p
+    if not ckpt_path.is_file() or p.suffix not in ("", ".pt") or (p.is_dir() and (p / "config.json").is_file()):
+        return None
+    saved = checkpoint.load_checkpoint(ckpt_path)
+    if saved["format"] != checkpoint.FORMAT or not hasattr(METHODS.get(saved["config"]["method"]), "heldout_metrics"):
+        return None
+    return load_method(saved)
+
+
 def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
-          split: str = "train", progress: bool = True, chunk: int = 4096, amp: bool = True) -> dict[str, Path]:
+          split: str = "train", progress: bool = True, chunk: int = 4096, amp: bool = True,
+          text: TextOptions | None = None) -> dict[str, Path]:
     """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table.
 
     Everything is streamed: embeddings go batch by batch into a memory-mapped ``.npy``,
@@ -304,7 +445,7 @@ def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
     from numpy.lib.format import open_memmap
 
     enc = _as_encoder(encoder)
-    ds = dataset_for(enc, data)
+    ds = dataset_for(enc, data, text)
     part = ds.train if split == "train" else ds.test
     if part is None:
         raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
@@ -338,7 +479,8 @@ SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed
 
 def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
                     out_dir: str | Path | None = None, transfer_to: str | None = None,
-                    max_samples: int = 5000, projection: str = "tsne") -> dict[str, Any]:
+                    max_samples: int = 5000, projection: str = "tsne",
+                    text: TextOptions | None = None) -> dict[str, Any]:
     """Diagnostics of ``encoder`` next to the same backbone at random initialisation.
 
     Returns ``{"trained": ..., "random_init": ..., "summary": {metric: [trained, random]}}``;
@@ -350,7 +492,7 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
     from selfsup.output import plots
 
     enc = _as_encoder(encoder).cpu().eval()
-    ds = dataset_for(enc, data)
+    ds = dataset_for(enc, data, text)
     rnd = fresh_copy(enc, 0).eval()
     trained = diagnostics.inspect(enc, ds, max_samples=max_samples, transfer_to=transfer_to, random_encoder=rnd)
     random_init = diagnostics.inspect(rnd, ds, max_samples=max_samples)
@@ -370,8 +512,7 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
         part = ds.test if ds.test is not None else ds.train
         sub = np.random.default_rng(0).permutation(len(part))[:min(2000, len(part))]
         shown = part.subset(sub)
-        images = shown.read(np.arange(len(shown)))  # (<= 2000, H, W, C)
-        feats = extract_features(enc, images).numpy()
+        feats = extract_features(enc, shown).numpy()
         xy = plots.project_2d(feats, projection)
         if part.has_labels:
             plots.embedding_map({f"{projection} of the representation": xy}, shown.labels, part.classes,
@@ -381,5 +522,9 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
         q = feats[:8] / np.linalg.norm(feats[:8], axis=1, keepdims=True)
         allf = feats / np.linalg.norm(feats, axis=1, keepdims=True)
         nn_idx = np.argsort(-(q @ allf.T), axis=1)[:, 1:9]  # (8, 8), skipping the query itself
-        plots.retrieval_grid(images[:8], images[nn_idx], out / "retrieval.png")
+        if isinstance(shown, TextSet):
+            plots.retrieval_list(shown.texts[:8], shown.texts[nn_idx], out / "retrieval.md")
+        else:
+            images = shown.read(np.arange(len(shown)))  # (<= 2000, H, W, C)
+            plots.retrieval_grid(images[:8], images[nn_idx], out / "retrieval.png")
     return result

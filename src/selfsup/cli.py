@@ -16,13 +16,38 @@ EPILOG = "Every option of the run config can be set with --set, e.g. --set optim
          "--set method_cfg.temperature=0.2 --set 'method_cfg.views={crop_scale: [0.2, 1]}'."
 
 
+def _text_reading() -> argparse.ArgumentParser:
+    """Options that say how text files are read (every command that takes --data)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("text sources")
+    g.add_argument("--text-column", help=".jsonl / .csv / hf: the column with the text (default text)")
+    g.add_argument("--label-column", help=".jsonl / .csv / hf: the optional label column (default label)")
+    g.add_argument("--text-unit", choices=["line", "file"], help=".txt files: one sample per line (default) or file")
+    return p
+
+
+def _reading_options(a) -> dict:
+    """The --text-* flags given, as data.* overrides."""
+    keys = {"text_column": a.text_column, "label_column": a.label_column, "text_unit": a.text_unit}
+    return {f"data.{k}": v for k, v in keys.items() if v is not None}
+
+
+def _text_options(a):
+    """The --text-* flags as TextOptions for commands that read data through an encoder."""
+    from selfsup.data.text import TextOptions
+
+    keys = {"text_column": a.text_column, "label_column": a.label_column, "unit": a.text_unit}
+    return TextOptions(**{k: v for k, v in keys.items() if v is not None})
+
+
 def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled data",
-                       description="Pretrain an encoder on unlabeled images with a self-supervised method.",
+    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled data", parents=[_text_reading()],
+                       description="Pretrain an encoder on unlabeled images or text with a self-supervised method.",
                        epilog=EPILOG)
     p.add_argument("--method", default="simclr", help="self-supervised method (see `selfsup list`); default simclr")
     p.add_argument("--data", help="data source: shapes | digits | folder:PATH | hf:PATH | cifar10:PATH | "
-                                  "stl10:PATH (default shapes)")
+                                  "stl10:PATH; text: lang | pydoc | text:PATH (default: the preset's, shapes "
+                                  "for image methods, lang for mlm)")
     p.add_argument("--backbone", help="encoder architecture (see `selfsup list`); default from the preset")
     p.add_argument("--preset", default="cpu", help="named hyper-parameter set of the method: cpu (default) or gpu")
     p.add_argument("--config", help="YAML file of options (same keys as --set), applied after the preset")
@@ -38,7 +63,13 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--out", help="run folder for config, metrics.jsonl, last.pt and encoder.pt "
                                  "(default runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--strict", action="store_true", help="unreadable image files are an error, not skipped")
+    p.add_argument("--strict", action="store_true", help="unreadable image or text files are an error, not skipped")
+    p.add_argument("--init", help="text: start from this local Hugging Face model folder (BERT family) and its "
+                                  "tokenizer, and continue MLM pretraining on --data")
+    p.add_argument("--tokenizer", help="text: a local tokenizer folder (default: WordPiece trained on the "
+                                       "training split, saved with the run)")
+    p.add_argument("--max-length", type=int, help="text: tokens per sample, longer ones are truncated (default 128)")
+    p.add_argument("--vocab-size", type=int, help="text: WordPiece vocabulary size when training one (default 8192)")
     p.add_argument("--download", action="store_true", help="let cifar10/stl10 download their files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
@@ -46,8 +77,9 @@ def _add_pretrain(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("evaluate", help="kNN and linear-probe accuracy of a frozen encoder",
-                       description="Evaluate a frozen encoder on a labelled source's test split.")
+    p = sub.add_parser("evaluate", help="kNN and linear-probe accuracy of a frozen encoder", parents=[_text_reading()],
+                       description="Evaluate a frozen encoder on a labelled source's test split; for an MLM run "
+                                   "also held-out masked-token accuracy and perplexity.")
     p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
     p.add_argument("--data", default="shapes", help="labelled data source (default shapes)")
     p.add_argument("--k", type=int, default=20, help="neighbours for the weighted kNN (default 20)")
@@ -56,7 +88,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--out", help="JSON file for the results (default RUN/eval.json for a run folder)")
 
-    p = sub.add_parser("embed", help="write embeddings of a data source",
+    p = sub.add_parser("embed", help="write embeddings of a data source", parents=[_text_reading()],
                        description="Embed a data source: embeddings.npy, labels.npy, ids.npy, embeddings.csv.")
     p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
     p.add_argument("--data", required=True, help="data source to embed, e.g. folder:PATH")
@@ -64,26 +96,32 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
 
-    p = sub.add_parser("export", help="export the encoder of a run as a standalone file",
-                       description="Save the encoder alone; load it with selfsup.load_encoder(path).")
+    p = sub.add_parser("export", help="export the encoder of a run as a standalone file or folder",
+                       description="Save the encoder alone: a selfsup .pt file (load it with "
+                                   "selfsup.load_encoder(path)), or for text encoders a Hugging Face folder that "
+                                   "transformers.AutoModel / AutoTokenizer load offline.")
     p.add_argument("run", help="run folder or checkpoint")
-    p.add_argument("--out", required=True, help="output .pt file")
+    p.add_argument("--out", required=True, help="output .pt file, or folder for --format hf")
+    p.add_argument("--format", choices=["selfsup", "hf"], help="selfsup (.pt) or hf (Hugging Face folder); "
+                                                               "default hf for text encoders, selfsup otherwise")
 
 
 def _add_label_efficiency(sub) -> None:
     p = sub.add_parser("label-efficiency", help="pretrained vs scratch with few labels (several seeds)",
+                       parents=[_text_reading()],
                        description="The article's Example 3: for each label budget and seed, a stratified "
                                    "subset of the training labels; pretrained + kNN / linear / fine-tune "
                                    "against the same backbone trained from scratch with the same labels and "
-                                   "steps. Prints mean +- std; writes JSON, a Markdown table and a plot.")
+                                   "steps (text: also TF-IDF + logistic regression). Prints mean +- std; writes "
+                                   "JSON, a Markdown table and a plot.")
     p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
     p.add_argument("--data", default="shapes", help="labelled data source with a test split (default shapes)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="label budgets as fractions of the training split (default 0.01 0.1 1)")
     p.add_argument("--per-class", type=int, nargs="+", help="label budgets as labels per class instead")
     p.add_argument("--seeds", type=int, default=3, help="subsets and trainings per budget (default 3)")
-    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "scratch"],
-                   help="any of knn linear finetune scratch (default all)")
+    p.add_argument("--protocols", nargs="+", help="any of knn linear finetune scratch tfidf (default: all that "
+                                                  "apply; tfidf for text)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps for fine-tune and scratch (default 500)")
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--out", help="output folder (default: the run folder)")
@@ -91,6 +129,7 @@ def _add_label_efficiency(sub) -> None:
 
 def _add_inspect_report(sub) -> None:
     p = sub.add_parser("inspect", help="how compact, collapsed, aligned, disentangled, transferable",
+                       parents=[_text_reading()],
                        description="Diagnostics of a frozen encoder's representation: effective rank, "
                                    "dimensions for 90% variance, collapse, (relative) alignment, uniformity, DCI and "
                                    "MIG against ground-truth factors (shapes), optional transfer; each "
@@ -141,6 +180,9 @@ def cmd_pretrain(a) -> None:
         overrides["data.download"] = True
     if a.no_amp:
         overrides["train.amp"] = False
+    text = {"init": a.init, "data.tokenizer": a.tokenizer, "data.max_length": a.max_length,
+            "data.vocab_size": a.vocab_size}
+    overrides.update({k: v for k, v in text.items() if v is not None}, **_reading_options(a))
     from selfsup.config import parse_overrides
 
     overrides.update(parse_overrides(a.set))
@@ -161,7 +203,7 @@ def cmd_evaluate(a) -> None:
 
     out = a.out or (Path(a.run) / "eval.json" if Path(a.run).is_dir() else None)
     res = evaluate(a.run, a.data, k=a.k, temperature=a.temperature, linear=not a.no_linear, out=out,
-                   progress=True, amp=not a.no_amp)
+                   progress=True, amp=not a.no_amp, text=_text_options(a))
     print(json.dumps(res, indent=2))
 
 
@@ -175,8 +217,8 @@ def cmd_label_efficiency(a) -> None:
 
     enc = load_encoder(a.run, device="cpu")
     cfg = le.StudyConfig(fractions=tuple(a.fractions), per_class=tuple(a.per_class) if a.per_class else None,
-                         seeds=a.seeds, protocols=tuple(a.protocols), classifier=ClassifierConfig(steps=a.steps, amp=not a.no_amp))
-    result = label_efficiency(enc, a.data, cfg)
+                         seeds=a.seeds, protocols=tuple(a.protocols) if a.protocols else None, classifier=ClassifierConfig(steps=a.steps, amp=not a.no_amp))
+    result = label_efficiency(enc, a.data, cfg, text=_text_options(a))
     out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
     paths = le.save(result, out)
     paths["plot"] = label_efficiency_curves(result["summary"], result["protocols"], Path(out) / "label_efficiency.png")
@@ -191,7 +233,7 @@ def cmd_inspect(a) -> None:
 
     out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
     result = inspect_encoder(a.run, a.data, out_dir=out, transfer_to=a.transfer, max_samples=a.max_samples,
-                             projection=a.projection)
+                             projection=a.projection, text=_text_options(a))
     print(f"{'metric':28s} {'trained':>10s} {'random init':>12s}")
     for k, v in result["summary"].items():
         if isinstance(v, list):
@@ -229,12 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "embed":
             from selfsup.api import embed
 
-            paths = embed(args.run, args.data, args.out, split=args.split, amp=not args.no_amp)
+            paths = embed(args.run, args.data, args.out, split=args.split, amp=not args.no_amp,
+                          text=_text_options(args))
             print("wrote " + ", ".join(str(p) for p in paths.values()))
         elif args.command == "export":
             from selfsup.api import export_encoder, load_encoder
+            from selfsup.models import TextEncoder
 
-            print(f"wrote {export_encoder(load_encoder(args.run, device='cpu'), args.out)}")
+            enc = load_encoder(args.run, device="cpu")
+            fmt = args.format or ("hf" if isinstance(enc, TextEncoder) and not args.out.endswith(".pt") else "selfsup")
+            print(f"wrote {export_encoder(enc, args.out, format=fmt)}")
         elif args.command == "label-efficiency":
             cmd_label_efficiency(args)
         elif args.command == "inspect":

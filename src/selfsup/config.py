@@ -18,13 +18,19 @@ from selfsup.errors import SelfSupError
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"             # data source spec: shapes | digits | folder:PATH | cifar10:PATH | stl10:PATH
+    source: str = "shapes"             # data source spec: shapes | digits | folder:PATH | cifar10:PATH | stl10:PATH | lang | pydoc | text:PATH | hf:PATH
     image_size: int | None = None      # side in px; None = the source's native size
     num_train: int | None = None       # cap on training images (None = all)
     strict: bool = False               # unreadable image files are an error instead of skipped
     download: bool = False             # allow torchvision sources to download (never in tests)
     cache_dir: str | None = None       # where generated data and decoded folders are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)
     in_memory: bool = False            # folders: hold the decoded images in memory instead of reading the disk cache
+    tokenizer: str | None = None       # text: a local tokenizer folder (None = train WordPiece on the train split)
+    max_length: int = 128              # text: tokens per sample, [CLS] and [SEP] included; longer ones are truncated
+    vocab_size: int = 8192             # text: WordPiece vocabulary size when training one
+    text_column: str = "text"          # text: the text column of .jsonl / .csv / hf sources
+    label_column: str = "label"        # text: the (optional) label column
+    text_unit: str = "line"            # text: .txt files give one sample per "line" or per "file"
 
 
 @dataclass
@@ -36,6 +42,8 @@ class OptimConfig:
     weight_decay_end: float | None = None  # cosine schedule of weight decay to this value (None = constant)
     momentum: float = 0.9              # sgd / lars momentum
     betas: tuple[float, float] = (0.9, 0.999)  # adamw betas
+    eps: float = 1e-8                  # adamw epsilon (BERT: 1e-6)
+    schedule: str = "cosine"           # lr after warm-up: cosine (to min_lr) | linear (to min_lr, BERT)
     warmup_epochs: float = 1.0         # linear warm-up length in epochs (reaches lr at its last step)
     min_lr: float = 0.0                # cosine floor, absolute
     clip_grad: float = 0.0             # max global grad norm (0 = off)
@@ -66,6 +74,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method_cfg: dict[str, Any] = field(default_factory=dict)    # the method's own options
     backbone_cfg: dict[str, Any] = field(default_factory=dict)  # extra backbone builder kwargs
+    init: str | None = None            # text: start from this local Hugging Face model folder (continued pretraining)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +114,11 @@ def _coerce(current: Any, value: Any, key: str) -> Any:
             raise SelfSupError(f"option {key!r} takes {len(current)} numbers, e.g. {list(current)}")
         return tuple(float(v) for v in value)
     if isinstance(current, (int, float)):
+        if isinstance(value, str):  # YAML 1.1 reads 8e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SelfSupError(f"option {key!r} takes a number, not {value!r}")
         if isinstance(current, int) and not float(value).is_integer():

@@ -15,15 +15,18 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind  # e.g. "method", used in error messages
         self._entries: dict[str, tuple[Any, str]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, obj: Any = None, *, help: str = "") -> Callable:
-        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is None."""
+    def register(self, name: str, obj: Any = None, *, help: str = "", **meta: Any) -> Callable:
+        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is None.
+        ``meta`` are facts about the entry (a backbone's ``modality``), see :meth:`meta`."""
 
         def add(o: Any) -> Any:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = help or (o.__doc__ or "").strip().split("\n")[0]
             self._entries[name] = (o, doc)
+            self._meta[name] = meta
             return o
 
         return add if obj is None else add(obj)
@@ -38,6 +41,10 @@ class Registry:
     def help(self, name: str) -> str:
         self.get(name)
         return self._entries[name][1]
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        return self._meta[name]
 
     def names(self) -> list[str]:
         return sorted(self._entries)

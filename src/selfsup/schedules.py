@@ -18,3 +18,20 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
     t = np.arange(rest) / max(rest - 1, 1)
     cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
     return np.concatenate([warm, cos])
+
+
+def linear_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0) -> np.ndarray:
+    """Linear warm-up from 0 reaching ``base`` at the last warm-up step, then a straight
+    line from ``base`` to ``final`` at the last step (BERT's schedule). Shape ``(total_steps,)``."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warm = np.linspace(0.0, base, warmup_steps) if warmup_steps else np.zeros(0)
+    return np.concatenate([warm, np.linspace(base, final, total_steps - warmup_steps)])
+
+
+def lr_schedule(kind: str, base: float, final: float, total_steps: int, warmup_steps: int = 0) -> np.ndarray:
+    """The learning-rate schedule named ``kind``: "cosine" or "linear"."""
+    if kind == "cosine":
+        return cosine_schedule(base, final, total_steps, warmup_steps)
+    if kind == "linear":
+        return linear_schedule(base, final, total_steps, warmup_steps)
+    raise ValueError(f"unknown schedule {kind!r}; valid: cosine, linear")

@@ -2,22 +2,27 @@
 
 The data path, in the order a sample travels::
 
-    source (shapes, digits, folder:PATH, hf:PATH, a numpy array, a torch or HF Dataset)
-      -> an ImageSet: labels, ids, factors, and an ``images`` store read by index
-         (in memory, the on-disk cache of :mod:`selfsup.data.cache`, or a Dataset)
+    source (shapes, digits, folder:PATH, hf:PATH, a numpy array, a torch or HF Dataset;
+            text: lang, pydoc, text:PATH, hf:PATH with a text column)
+      -> a SampleSet: labels, ids, factors, and the samples read by index --
+         an ImageSet's ``images`` store (in memory, the on-disk cache of
+         :mod:`selfsup.data.cache`, or a Dataset), or a TextSet's token ids
+         (:mod:`selfsup.data.text`, tokenised by :mod:`selfsup.data.tokenizer`)
       -> loader.Loader: the order of each epoch (a pure function of seed and epoch),
          this process's shard, batches of indices read ahead in a thread
-      -> to_float: uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] on the device
-      -> views.augment (methods, fine-tuning) or the encoder (evaluations)
+      -> to_input: uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] on the device;
+         token ids (B, L) -> int64
+      -> views.augment (image methods, fine-tuning), masking (MLM) or the encoder
 
 A source is named by a spec ``NAME`` or ``NAME:PATH`` (split at the first colon) and
 built with :func:`create_dataset` into a :class:`Dataset`: a train split and, where the
 source has one, a test split.  :func:`as_dataset` also takes the Python objects.  What a
 method or an evaluation may know about the samples is their :class:`SampleSpec`; the
-images are never handed out as one array, only as batches read by index.
+samples are never handed out as one array, only as batches read by index.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +40,7 @@ from selfsup.registry import Registry
 class SampleSpec:
     """What a method or an evaluation may know about the samples of a source."""
 
-    modality: str = "image"            # "image" (text arrives with the MLM method)
+    modality: str = "image"            # "image" or "text"
     image_size: int | None = None      # side in px; images are square
     channels: int | None = None        # 1 or 3
     vocab_size: int | None = None      # text: tokenizer vocabulary
@@ -44,11 +49,14 @@ class SampleSpec:
     factor_names: tuple[str, ...] = () # ground-truth factors, where the source knows them
 
 
-def to_float(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 images (B, H, W, C) -> float32 (B, C, H, W) in [0, 1] on ``device``: the one
-    place where stored pixels become model input."""
-    x = images.to(device, non_blocking=True) if device is not None else images
-    return x.permute(0, 3, 1, 2).float().div_(255)
+def to_input(batch: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """A batch as read from a split -> model input on ``device``: the one place where
+    stored samples become tensors a model takes.  uint8 images (B, H, W, C) become float32
+    (B, C, H, W) in [0, 1]; token ids (B, L) become int64."""
+    x = batch.to(device, non_blocking=True) if device is not None else batch
+    if x.dtype == torch.uint8:
+        return x.permute(0, 3, 1, 2).float().div_(255)
+    return x.long()
 
 
 class Store:
@@ -105,16 +113,56 @@ def take(store: Any, idx) -> Any:
     return IndexedView(store, idx)
 
 
-@dataclass
-class ImageSet:
-    """One split: labels, stable ids, ground-truth factors, and an ``images`` store.
+class SampleSet:
+    """What every split shares, whatever its samples are: ``labels``, stable ``ids``,
+    ``classes``, optional ground-truth ``factors``, and the stores named in
+    ``row_fields`` (the samples themselves), read in batches by index through
+    :meth:`read` or a :class:`selfsup.data.loader.Loader`, never as a whole."""
 
-    ``images`` is anything indexable by an integer array that returns ``(B, H, W, C)``
-    uint8 and has ``shape`` and ``dtype``: a numpy array (in memory), a
-    :class:`selfsup.data.cache.RecordFile` (on disk, bounded memory), a
+    row_fields: tuple[str, ...] = ()  # the per-sample stores besides labels, ids and factors; the first is read
+    labels: np.ndarray
+    ids: Any
+    classes: list[str]
+    factors: np.ndarray | None
+    factor_names: list[str]
+
+    def _check_lengths(self) -> None:
+        lengths = {len(getattr(self, f)) for f in self.row_fields} | {len(self.labels), len(self.ids)}
+        if self.factors is not None:
+            lengths.add(len(self.factors))
+        if len(lengths) != 1:
+            raise ValueError(f"{', '.join(self.row_fields)}, labels, ids and factors must have the same length")
+
+    def __len__(self) -> int:
+        return int(getattr(self, self.row_fields[0]).shape[0])
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every sample has a label and the class names are known."""
+        return bool(self.classes) and bool(np.all(np.asarray(self.labels) >= 0))
+
+    def read(self, idx) -> np.ndarray:
+        """Samples ``idx`` (integer indices) as one array: what the loader batches."""
+        return np.ascontiguousarray(getattr(self, self.row_fields[0])[np.asarray(idx, dtype=np.int64)])
+
+    def subset(self, idx):
+        """The rows ``idx`` (integer indices or a boolean mask) of every array; lazy for
+        stores that are not in memory."""
+        idx = np.asarray(idx)
+        return dataclasses.replace(
+            self, **{f: take(getattr(self, f), idx) for f in self.row_fields},
+            labels=np.asarray(self.labels)[idx], ids=take(self.ids, idx), classes=list(self.classes),
+            factors=None if self.factors is None else np.asarray(self.factors)[idx],
+            factor_names=list(self.factor_names))
+
+
+@dataclass
+class ImageSet(SampleSet):
+    """One split of images: ``images`` is anything indexable by an integer array that
+    returns ``(B, H, W, C)`` uint8 and has ``shape`` and ``dtype``: a numpy array (in
+    memory), a :class:`selfsup.data.cache.RecordFile` (on disk, bounded memory), a
     :class:`selfsup.data.python.DatasetImages` (a torch or Hugging Face Dataset) or an
-    :class:`IndexedView` of one of them.  Read it through :meth:`read` or a
-    :class:`selfsup.data.loader.Loader`, never as a whole.
+    :class:`IndexedView` of one of them.
     """
 
     images: Any  # (N, H, W, C) uint8 store, C = 1 or 3, square sides
@@ -123,46 +171,18 @@ class ImageSet:
     classes: list[str]  # class names indexed by label; [] when unlabeled
     factors: np.ndarray | None = None  # (N, F) float32
     factor_names: list[str] = field(default_factory=list)
+    row_fields = ("images",)
 
     def __post_init__(self):
         shape, dtype = tuple(self.images.shape), self.images.dtype
         if len(shape) != 4 or shape[3] not in (1, 3) or dtype != np.uint8:
             raise ValueError(f"images must be (N, H, W, 1 or 3) uint8, got {shape} {dtype}")
-        lengths = {shape[0], len(self.labels), len(self.ids)}
-        if self.factors is not None:
-            lengths.add(len(self.factors))
-        if len(lengths) != 1:
-            raise ValueError("images, labels, ids and factors must have the same length")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
+        self._check_lengths()
 
     @property
     def spec(self) -> SampleSpec:
         return SampleSpec("image", image_size=int(self.images.shape[1]), channels=int(self.images.shape[3]),
                           classes=tuple(self.classes), factor_names=tuple(self.factor_names))
-
-    @property
-    def has_labels(self) -> bool:
-        """True when every image has a label and the class names are known."""
-        return bool(self.classes) and bool(np.all(np.asarray(self.labels) >= 0))
-
-    def read(self, idx) -> np.ndarray:
-        """Images ``idx`` (integer indices) as one (B, H, W, C) uint8 array."""
-        return np.ascontiguousarray(self.images[np.asarray(idx, dtype=np.int64)])
-
-    def subset(self, idx) -> ImageSet:
-        """The rows ``idx`` (integer indices or a boolean mask) of every array; lazy for
-        stores that are not in memory."""
-        idx = np.asarray(idx)
-        return ImageSet(
-            images=take(self.images, idx),
-            labels=np.asarray(self.labels)[idx],
-            ids=take(self.ids, idx),
-            classes=list(self.classes),
-            factors=None if self.factors is None else np.asarray(self.factors)[idx],
-            factor_names=list(self.factor_names),
-        )
 
 
 @dataclass
@@ -170,8 +190,8 @@ class Dataset:
     """A named source with its train split and optional test split."""
 
     name: str  # the spec, e.g. "shapes" or "folder:/x"
-    train: ImageSet
-    test: ImageSet | None  # None when the source has no test split
+    train: SampleSet  # an ImageSet or a TextSet
+    test: SampleSet | None  # None when the source has no test split
     test_origin: str = "source"  # "source", or how the test split was carved (hold_out_test)
 
     @property
@@ -203,6 +223,7 @@ def create_dataset(
     num_test: int | None = None,
     in_memory: bool = False,
     progress: bool = True,
+    text: Any = None,
 ) -> Dataset:
     """Build the source named by ``spec`` (``NAME`` or ``NAME:PATH``).
 
@@ -211,7 +232,9 @@ def create_dataset(
     ``download`` lets torchvision sources fetch missing files; ``seed`` fixes generated
     data and subsampling; ``num_train``/``num_test`` cap (or, for generated data, set)
     the split sizes; ``in_memory`` keeps a cached folder's images in memory instead of
-    reading them from disk; ``progress`` shows a bar while a folder is being cached.
+    reading them from disk; ``progress`` shows a bar while a folder is being cached;
+    ``text`` (a :class:`selfsup.data.text.TextOptions`) says how text sources read and
+    tokenise their samples.
     """
     name, _, path = spec.partition(":")
     builder = DATASETS.get(name)
@@ -230,6 +253,7 @@ def create_dataset(
         num_test=num_test,
         in_memory=in_memory,
         progress=progress,
+        text=text,
     )
 
 
@@ -283,5 +307,5 @@ def random_subset(images: ImageSet, n: int | None, seed: int) -> ImageSet:
 
 # The source modules register themselves in DATASETS; they import the names above, so
 # this import comes last.
-from selfsup.data import cache, digits, folder, hf, shapes, torchvision_sets  # noqa: E402, F401
+from selfsup.data import cache, digits, folder, hf, language, shapes, text, torchvision_sets  # noqa: E402, F401
 from selfsup.data.python import as_dataset  # noqa: E402, F401

@@ -10,9 +10,9 @@ from selfsup.data import DATASETS, Dataset, check_path, random_subset
 from selfsup.errors import SelfSupError
 
 
-@DATASETS.register("hf", help="a Hugging Face dataset saved with save_to_disk (hf:PATH), image + label columns")
+@DATASETS.register("hf", help="a Hugging Face dataset saved with save_to_disk (hf:PATH), image or text + label columns")
 def build(path: str | None = None, *, image_size: int | None = None, seed: int = 0,
-          num_train: int | None = None, num_test: int | None = None, **_ignored) -> Dataset:
+          num_train: int | None = None, num_test: int | None = None, text=None, **_ignored) -> Dataset:
     check_path("hf", path, required=True)
     if not Path(path).expanduser().is_dir():
         raise SelfSupError(f"hf:{path}: no such folder; save the dataset with Dataset.save_to_disk(PATH)")
@@ -26,7 +26,7 @@ def build(path: str | None = None, *, image_size: int | None = None, seed: int =
         loaded = datasets.load_from_disk(str(Path(path).expanduser()))
     except (FileNotFoundError, ValueError) as err:
         raise SelfSupError(f"hf:{path} is not a dataset saved with save_to_disk ({err})") from None
-    ds = as_dataset(loaded, image_size=image_size)
+    ds = as_dataset(loaded, image_size=image_size, text=text)
     ds.name = f"hf:{path}"
     ds.train = random_subset(ds.train, num_train, seed)
     if ds.test is not None:

@@ -10,6 +10,8 @@
 * a Hugging Face ``datasets.Dataset`` with an image column (``image`` or ``img``, or the
   first column of the ``Image`` feature) and a label column when present (``label`` or
   ``labels``), or a ``DatasetDict`` (its ``train`` and ``test``/``validation`` splits);
+* text: a list of strings, a pair ``(texts, labels)``, or a Hugging Face ``Dataset``
+  with a text column (``text`` unless ``TextOptions.text_column`` says otherwise);
 * ``{"train": ..., "test": ...}`` of any of these.
 
 Datasets are read lazily: each batch converts its own items (centre square crop, resize
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfsup.data import Dataset, ImageSet, Store, create_dataset
+from selfsup.data import Dataset, ImageSet, SampleSet, Store, create_dataset
+from selfsup.data.text import RawText, TextOptions, labelled, text_dataset
 from selfsup.errors import SelfSupError
 
 DEFAULT_IMAGE_SIZE = 64  # for datasets whose first image is not square
@@ -85,9 +88,10 @@ class DatasetImages(Store):
         return out
 
 
-def as_samples(data) -> ImageSet:
-    """An :class:`~selfsup.data.ImageSet` as is; an image array wrapped as one."""
-    return data if isinstance(data, ImageSet) else from_array(data)
+def as_samples(data) -> SampleSet:
+    """A :class:`~selfsup.data.SampleSet` (images or text) as is; an image array wrapped
+    as an ImageSet."""
+    return data if isinstance(data, SampleSet) else from_array(data)
 
 
 def _first_image_shape(item: Any) -> tuple[int, int]:
@@ -157,60 +161,83 @@ def from_torch(ds: torch.utils.data.Dataset, *, image_size: int | None = None, n
     return _image_set(lambda idx: [item(i) for i in idx], n, labels, classes, f"{name}/", image_size)
 
 
-def _hf_columns(ds) -> tuple[str, str | None]:
+def _hf_columns(ds, text: TextOptions) -> tuple[str | None, str | None, str | None]:
+    """(image column, text column, label column) of a Hugging Face dataset."""
     import datasets
 
     feats = ds.features
     image = next((c for c in ("image", "img") if c in feats), None)
     image = image or next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None)
-    if image is None:
-        raise SelfSupError(f"the Hugging Face dataset has no image column (columns: {', '.join(feats)}); "
-                           "name it 'image' or give it the Image feature")
-    label = next((c for c in ("label", "labels") if c in feats), None)
-    return image, label
+    words = text.text_column if image is None and text.text_column in feats else None
+    if image is None and words is None:
+        raise SelfSupError(f"the Hugging Face dataset has no image column and no text column {text.text_column!r} "
+                           f"(columns: {', '.join(feats)}); name the image column 'image', or the text column "
+                           "with --text-column")
+    names = (text.label_column, "label", "labels") if words else ("label", "labels")
+    label = next((c for c in names if c in feats), None)
+    return image, words, label
 
 
-def from_hf(ds, *, image_size: int | None = None, name: str = "hf") -> ImageSet:
-    """A split reading a Hugging Face ``datasets.Dataset`` lazily."""
-    image, label = _hf_columns(ds)
+def from_hf(ds, *, image_size: int | None = None, name: str = "hf", text: TextOptions | None = None):
+    """A split of a Hugging Face ``datasets.Dataset``: an ImageSet reading the images
+    lazily, or the RawText of its text column."""
+    image, words, label = _hf_columns(ds, text or TextOptions())
     n = len(ds)
     labels, classes = np.full(n, -1, dtype=np.int64), []
     if label is not None:
-        labels = np.asarray(ds[label], dtype=np.int64)
         names = getattr(ds.features[label], "names", None)
+        if words and not names:  # text labels may be strings
+            return labelled([str(t) for t in ds[words]], list(ds[label]), [f"{name}/{i:06d}" for i in range(n)])
+        labels = np.asarray(ds[label], dtype=np.int64)
         classes = list(names) if names else [str(c) for c in range(int(labels.max()) + 1)] if n else []
+    if words:
+        return RawText([str(t) for t in ds[words]], labels, np.array([f"{name}/{i:06d}" for i in range(n)],
+                                                                      dtype=object), classes)
     return _image_set(lambda idx: ds[idx][image], n, labels, classes, f"{name}/", image_size)
 
 
-def _split(obj: Any, *, image_size: int | None, name: str) -> ImageSet:
-    if isinstance(obj, ImageSet):
+def _is_texts(obj: Any) -> bool:
+    return isinstance(obj, (list, tuple)) and len(obj) > 0 and all(isinstance(t, str) for t in obj)
+
+
+def _split(obj: Any, *, image_size: int | None, name: str, text: TextOptions | None):
+    if isinstance(obj, (ImageSet, RawText)):
         return obj
+    if _is_texts(obj):
+        return labelled(list(obj), [None] * len(obj), [f"{name}/{i:06d}" for i in range(len(obj))])
+    if isinstance(obj, tuple) and len(obj) == 2 and _is_texts(obj[0]):
+        return labelled(list(obj[0]), list(obj[1]), [f"{name}/{i:06d}" for i in range(len(obj[0]))])
     if isinstance(obj, np.ndarray):
         return from_array(obj, image_size=image_size, name=name)
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], np.ndarray):
         return from_array(obj[0], obj[1], image_size=image_size, name=name)
     if type(obj).__module__.startswith("datasets."):
-        return from_hf(obj, image_size=image_size, name=name)
+        return from_hf(obj, image_size=image_size, name=name, text=text)
     if isinstance(obj, torch.utils.data.Dataset):
         return from_torch(obj, image_size=image_size, name=name)
     raise SelfSupError(f"cannot use a {type(obj).__name__} as data; give a source name (e.g. 'shapes'), a numpy "
-                       "array, (images, labels), a torch Dataset or a Hugging Face Dataset")
+                       "array, (images, labels), a list of strings, (texts, labels), a torch Dataset or a "
+                       "Hugging Face Dataset")
 
 
-def as_dataset(data: Any, *, image_size: int | None = None, **source_options) -> Dataset:
-    """Any supported data (see the module docs) as a :class:`~selfsup.data.Dataset`."""
+def as_dataset(data: Any, *, image_size: int | None = None, text: TextOptions | None = None,
+               **source_options) -> Dataset:
+    """Any supported data (see the module docs) as a :class:`~selfsup.data.Dataset`;
+    ``text`` says how text is tokenised (a tokenizer is trained on the train split unless
+    it gives one)."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, str):
-        return create_dataset(data, image_size=image_size, **source_options)
-    if type(data).__name__ == "DatasetDict" or isinstance(data, dict):
-        splits = dict(data)
-        if "train" not in splits:
-            raise SelfSupError(f"a dict of splits needs a 'train' entry; got {', '.join(map(str, splits))}")
-        test_key = next((k for k in ("test", "validation", "val") if k in splits), None)
-        train = _split(splits["train"], image_size=image_size, name="train")
-        size = image_size or train.spec.image_size
-        test = _split(splits[test_key], image_size=size, name=test_key) if test_key else None
-        return Dataset(name=type(data).__name__, train=train, test=test)
-    train = _split(data, image_size=image_size, name="train")
-    return Dataset(name=type(data).__name__, train=train, test=None)
+        return create_dataset(data, image_size=image_size, text=text, **source_options)
+    splits = dict(data) if type(data).__name__ == "DatasetDict" or isinstance(data, dict) else {"train": data}
+    if "train" not in splits:
+        raise SelfSupError(f"a dict of splits needs a 'train' entry; got {', '.join(map(str, splits))}")
+    test_key = next((k for k in ("test", "validation", "val") if k in splits), None)
+    train = _split(splits["train"], image_size=image_size, name="train", text=text)
+    size = image_size or getattr(train, "spec", None) and train.spec.image_size
+    test = _split(splits[test_key], image_size=size, name=test_key, text=text) if test_key else None
+    if isinstance(train, RawText):
+        if test is not None and not isinstance(test, RawText):
+            raise SelfSupError("the train split holds text but the test split does not")
+        return text_dataset(type(data).__name__, train, test, text, cache_dir=source_options.get("cache_dir"))
+    return Dataset(name=type(data).__name__, train=train, test=test)

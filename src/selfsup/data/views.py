@@ -460,3 +460,13 @@ def build_views(recipe: ViewConfig, image_size: int, overrides: dict) -> ViewCon
         raise SelfSupError(f"unknown view option in {sorted(overrides)}; valid: {names}") from None
     except ValueError as e:
         raise SelfSupError(f"bad view option: {e}") from None
+
+
+CLASSIFIER_VIEWS = ViewConfig(crop_scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+
+
+def classifier_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The light augmentation of supervised training (fine-tuning, the scratch baseline):
+    images (float (N, C, H, W)) get a random resized crop of area 0.35-1 and flips; token
+    ids are returned as they are (BERT fine-tunes without augmentation)."""
+    return augment(x, CLASSIFIER_VIEWS, generator) if x.is_floating_point() else x

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from selfsup.data import to_float
+from selfsup.data import to_input
 from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.models import eval_mode
@@ -43,7 +43,7 @@ def extract_features(encoder: nn.Module, data, *, batch_size: int = 512,
     parts = []
     with eval_mode(encoder), precision.autocast():
         for idx, images in batches:
-            h = encoder(to_float(images, device)).float().cpu()  # (B, D)
+            h = encoder(to_input(images, device)).float().cpu()  # (B, D)
             if out is None:
                 parts.append(h)
             else:

@@ -6,8 +6,9 @@ rate than the head (``backbone_lr_scale``), optionally with layer-wise decay for
 ``decay ** (L + 1)``, the final norm and the head 1; MAE's recipe);
 training from scratch is the same loop on a freshly initialised encoder with
 ``backbone_lr_scale=1``, so the two differ only in the starting weights.  Light
-augmentation (random resized crop of area 0.35-1 and flips), AdamW, linear warm-up then
-cosine, a fixed budget of steps.  With ``val_fraction > 0`` a stratified validation split
+augmentation (images: random resized crop of area 0.35-1 and flips; text: none, see
+:func:`selfsup.data.views.classifier_augment`), AdamW, linear warm-up then cosine, a
+fixed budget of steps.  With ``val_fraction > 0`` a stratified validation split
 is carved from the *training labels* (never the test split); the weights with the best
 validation accuracy are kept (early stopping).
 """
@@ -23,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.data import ImageSet, to_float
+from selfsup.data import SampleSet, to_input
 from selfsup.data.splits import stratified_split
-from selfsup.data.views import ViewConfig, augment
+from selfsup.data.views import classifier_augment
 from selfsup.eval.features import extract_features
 from selfsup.models import Encoder
 from selfsup.models.runtime import choose_precision, fast_layout
@@ -82,10 +83,10 @@ def _encoder_groups(encoder: nn.Module, cfg: ClassifierConfig) -> list[dict]:
     return groups
 
 
-def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
+def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
                      cfg: ClassifierConfig = ClassifierConfig(), *, device: torch.device | str = "cpu",
                      progress: bool = False) -> Classifier:
-    """Train ``encoder`` + a linear head on the labelled ``samples`` (an ImageSet)."""
+    """Train ``encoder`` + a linear head on the labelled ``samples`` (images or text)."""
     device = torch.device(device)
     val_samples = None
     if cfg.val_fraction > 0:
@@ -102,7 +103,6 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
     groups = [g for g in groups if g["params"]]
     opt = torch.optim.AdamW(groups, lr=0.0, **fused_option(groups))
     sched = cosine_schedule(cfg.lr, 0.0, cfg.steps, int(cfg.warmup_frac * cfg.steps))
-    views = ViewConfig(crop_scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     y_all = torch.from_numpy(np.asarray(samples.labels)).long()
     n = len(samples)
@@ -120,7 +120,7 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + bs]
         pos += bs
-        x = augment(to_float(torch.from_numpy(samples.read(idx.numpy())), device), views, gen)  # (B, C, H, W)
+        x = classifier_augment(to_input(torch.from_numpy(samples.read(idx.numpy())), device), gen)
         for g in opt.param_groups:
             g["lr"] = float(sched[step]) * g["lr_scale"]
         with precision.autocast():
@@ -145,7 +145,7 @@ def train_classifier(encoder: Encoder, samples: ImageSet, num_classes: int,
 
 
 @torch.no_grad()
-def classifier_accuracy(model: Classifier, samples: ImageSet, amp: bool = True) -> float:
+def classifier_accuracy(model: Classifier, samples: SampleSet, amp: bool = True) -> float:
     """Top-1 accuracy of ``model`` on the labelled ``samples``."""
     feats = extract_features(model.encoder, samples, amp=amp)
     logits = model.head(feats.to(next(model.head.parameters()).device))

@@ -4,7 +4,7 @@ A method is an ``nn.Module`` that owns the encoder, its heads, its view recipe a
 of its training state (EMA targets, queues, centres) as submodules and buffers, so one
 ``state_dict`` saves and restores everything on resume.  The engine calls, per step::
 
-    loss, logs = method.training_step(images, generator)   # images: (N, C, H, W) in [0, 1]
+    loss, logs = method.training_step(x, generator)   # images (N, C, H, W) in [0, 1], or token ids (N, L)
     ... backward (and the optional global gradient clip) ...
     method.before_optimizer_step()                          # gradient edits (unscaled grads)
     ... optimizer step ...
@@ -42,6 +42,7 @@ class Method(nn.Module):
     Config: ClassVar[type] = object          # the method's options dataclass
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> dotted RunConfig overrides
     min_batch_size: ClassVar[int] = 1        # smallest batch for which the loss is meaningful
+    modality: ClassVar[str] = "image"        # what it trains on: "image" or "text"
 
     def __init__(self, encoder: Encoder, cfg: Any, *, image_size: int, channels: int):
         super().__init__()
@@ -75,8 +76,10 @@ class Method(nn.Module):
 
 
 def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = None, *,
-                  image_size: int, channels: int) -> Method:
-    """Build method ``name`` around ``encoder``; ``options`` fill the method's Config."""
+                  image_size: int | None = None, channels: int | None = None) -> Method:
+    """Build method ``name`` around ``encoder``; ``options`` fill the method's Config.
+    Image methods need the images' ``image_size`` and ``channels``; text methods take
+    what they need from the encoder's tokenizer."""
     cls = METHODS.get(name)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(options or {}) - fields)

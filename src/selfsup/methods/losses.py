@@ -521,3 +521,30 @@ def reconstruction_loss(recon: Tensor, clean: Tensor, kind: str = "mse", *, logi
         z = recon.clamp(eps, 1.0 - eps)
         per_elem = -(clean * torch.log(z) + (1.0 - clean) * torch.log1p(-z))
     return per_elem.flatten(1).sum(dim=1).mean()  # per-example sum, batch mean
+
+
+IGNORE_INDEX = -100  # label of the positions a masked language model is not scored on
+
+
+@_float32
+def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    r"""BERT's masked language modelling loss (Devlin et al., "BERT: Pre-training of Deep
+    Bidirectional Transformers for Language Understanding", NAACL 2019, Sec. 3.1).
+
+    Cross-entropy of the predicted distribution over the vocabulary against the original
+    token, averaged over the selected positions only::
+
+        L = -1/|M| sum_{i in M} log softmax(logits_i)[labels_i],   M = {i : labels_i != -100}
+
+    With uniform logits L = ln V.  Positions labelled -100 (:data:`IGNORE_INDEX`) are
+    ignored, as in ``transformers.BertForMaskedLM``; when none is selected the loss is 0
+    (with a gradient of 0), not NaN.
+
+    Args:
+        logits: (..., V) scores over the vocabulary.
+        labels: (...) original token ids at the selected positions, -100 elsewhere.
+    """
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)  # (M, V), (M,)
+    if not bool((labels != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)

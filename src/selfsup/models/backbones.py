@@ -1,8 +1,11 @@
 """Backbones: one registry, one contract.
 
-Every backbone is an ``nn.Module`` that maps images ``(N, C, H, W)`` to a pooled
-representation ``h`` of shape ``(N, num_features)`` -- the vector every evaluation
-(kNN, linear probe, fine-tuning, embedding) uses.  Builders take ``in_chans`` and
+Every backbone is an ``nn.Module`` that maps a batch -- images ``(N, C, H, W)``, or
+token ids ``(N, L)`` for the text backbones of :mod:`selfsup.models.text` -- to a pooled
+representation ``h`` of shape ``(N, num_features)``: the vector every evaluation
+(kNN, linear probe, fine-tuning, embedding) uses.  Every encoder also has ``name``,
+``kwargs`` (enough to rebuild it) and ``data_options()`` (what a data source needs to
+give it its input).  Builders take ``in_chans`` and
 ``image_size`` so the same name works for 8 px digits, 32 px shapes and 224 px photos.
 Vision transformers also offer ``forward_tokens(x) -> (N, 1 + L, D)`` (CLS first) and
 ``patch_size`` for methods and pictures that need patch tokens.
@@ -55,30 +58,43 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
+    def data_options(self) -> dict:
+        """What a data source needs to give this encoder its input: its image size."""
+        return {"image_size": self.kwargs.get("image_size")}
+
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.net, "forward_tokens"):
             raise TypeError(f"backbone {self.name!r} has no patch tokens (use a ViT backbone)")
         return self.net.forward_tokens(self.normalize(x))
 
 
+def modality(name: str) -> str:
+    """What backbone ``name`` takes: "image" (the default) or "text"."""
+    return BACKBONES.meta(name).get("modality", "image")
+
+
 def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
                     mean: list[float] | None = None, std: list[float] | None = None,
-                    **kwargs) -> Encoder:
-    """Build the registered backbone ``name`` wrapped in an :class:`Encoder`."""
+                    **kwargs) -> nn.Module:
+    """Build the registered backbone ``name``: an image backbone wrapped in an
+    :class:`Encoder` with the normalisation ``mean``/``std``; a text backbone (see
+    :mod:`selfsup.models.text`) takes ``tokenizer``, ``max_length`` and its shape in
+    ``kwargs`` and is its own encoder."""
     builder: Callable[..., nn.Module] = BACKBONES.get(name)
+    if modality(name) == "text":
+        return builder(**kwargs)
     net = builder(in_chans=in_chans, image_size=image_size, **kwargs)
-    mean = mean if mean is not None else [0.5] * in_chans
-    std = std if std is not None else [0.25] * in_chans
-    spec = dict(in_chans=in_chans, image_size=image_size, **kwargs)
+    mean = list(mean) if mean is not None else [0.5] * in_chans
+    std = list(std) if std is not None else [0.25] * in_chans
+    spec = dict(in_chans=in_chans, image_size=image_size, mean=mean, std=std, **kwargs)
     return Encoder(net, mean, std, name=name, kwargs=spec)
 
 
-def rebuild_encoder(spec: dict, state: dict[str, torch.Tensor] | None = None) -> Encoder:
+def rebuild_encoder(spec: dict, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The encoder described by ``spec`` (``{"name", "kwargs"}`` as saved with a run or an
-    export), with ``state`` loaded when given, in eval mode."""
-    kwargs = dict(spec["kwargs"])
-    enc = create_backbone(spec["name"], in_chans=kwargs.pop("in_chans"), image_size=kwargs.pop("image_size"),
-                          **kwargs)
+    export) in eval mode: with ``state`` loaded when given, freshly initialised (from the
+    current torch seed) otherwise."""
+    enc = create_backbone(spec["name"], **spec["kwargs"])
     if state is not None:
         enc.load_state_dict(state)
     return enc.eval()

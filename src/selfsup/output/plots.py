@@ -278,6 +278,16 @@ def attention_overlay(images: np.ndarray, maps: np.ndarray, path: str | Path, ti
     return _save(fig, path)
 
 
+def retrieval_list(queries, neighbours, path: str | Path) -> Path:
+    """The text counterpart of :func:`retrieval_grid`: each query sentence and its nearest
+    neighbours in the representation, as a Markdown list."""
+    lines = ["# Nearest neighbours in the representation (cosine)", ""]
+    for q, row in zip(queries, neighbours):
+        lines += [f"**{q}**", ""] + [f"{i}. {t}" for i, t in enumerate(row, 1)] + [""]
+    Path(path).write_text("\n".join(lines))
+    return Path(path)
+
+
 def label_efficiency_curves(summary: list[dict], protocols, path: str | Path) -> Path:
     """Test accuracy against the number of labels (log), one line per protocol."""
     fig, ax = plt.subplots(figsize=(6, 4.2))

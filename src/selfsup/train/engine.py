@@ -22,22 +22,22 @@ from typing import Any, Callable
 import torch
 
 from selfsup.config import RunConfig
-from selfsup.data import ImageSet, to_float
+from selfsup.data import SampleSet, to_input
 from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
 from selfsup.models.runtime import choose_precision, fast_layout, keep_freed_memory, select_device
-from selfsup.schedules import cosine_schedule
+from selfsup.schedules import cosine_schedule, lr_schedule
 from selfsup.train.checkpoint import CHECKPOINT, FORMAT, atomic_save, load_checkpoint
 from selfsup.train.monitor import CollapseMonitor
 from selfsup.train.optim import build_optimizer, scaled_lr
 
 
-def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *,
+def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, *,
           resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print) -> list[dict[str, float]]:
-    """Pretrain ``method`` on the samples of ``data`` (an :class:`~selfsup.data.ImageSet`,
-    or a (N, H, W, C) uint8 array); returns the logged metrics.
+    """Pretrain ``method`` on the samples of ``data`` (an ImageSet or a TextSet, or a
+    (N, H, W, C) uint8 array); returns the logged metrics.
 
     ``resume``: True continues from the run folder's last checkpoint; a checkpoint dict
     already read with :func:`load_checkpoint` is used as is."""
@@ -56,7 +56,7 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
         raise SelfSupError(f"batch size {bs} is too small for {cfg.method} (needs at least "
                            f"{method.min_batch_size}); raise --batch-size")
     if bs > n:
-        raise SelfSupError(f"batch size {bs} is larger than the {n} training images; "
+        raise SelfSupError(f"batch size {bs} is larger than the {n} training samples; "
                            f"lower --batch-size to at most {n}")
     loader = Loader(samples, bs, seed=tc.seed, pin_memory=device.type == "cuda")  # drops the last partial batch
     steps_per_epoch = loader.steps_per_epoch
@@ -65,7 +65,7 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
         raise SelfSupError("nothing to train: --epochs must be at least 1")
 
     lr = scaled_lr(oc, bs)
-    lr_sched = cosine_schedule(lr, oc.min_lr, total, round(oc.warmup_epochs * steps_per_epoch))
+    lr_sched = lr_schedule(oc.schedule, lr, oc.min_lr, total, round(oc.warmup_epochs * steps_per_epoch))
     wd_end = oc.weight_decay if oc.weight_decay_end is None else oc.weight_decay_end
     wd_sched = cosine_schedule(oc.weight_decay, wd_end, total)
     method.setup_schedules(total, steps_per_epoch)
@@ -140,7 +140,7 @@ def train(method: Method, data: ImageSet, cfg: RunConfig, run_dir: str | Path, *
         for _, batch in loader.steps(step, stop_at):
             waited += time.perf_counter() - t_step_end  # the step waited this long for its batch
             epoch = step // steps_per_epoch
-            x = to_float(batch, device)  # (B, C, H, W) in [0, 1]
+            x = to_input(batch, device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
             for group in optimizer.param_groups:
                 group["lr"] = float(lr_sched[step])
                 if group.get("apply_wd"):

@@ -75,7 +75,7 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: OptimConfig) ->
     # for ResNet-18's AdamW step on 2 CPU cores); the same update up to rounding
     fused = fused_option(groups)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas), **fused)
+        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, **fused)
     if cfg.name == "lars":

@@ -1,12 +1,16 @@
 """Diagnostics that run an encoder: transfer to another dataset and everything at once."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from selfsup.data import to_float
+from selfsup.data import to_input
+from selfsup.data.loader import Loader
+from selfsup.data.python import from_array
+from selfsup.data.text import TextSet
+from selfsup.methods.mlm import mask_tokens
 from selfsup.eval.diagnostics.compactness import collapse_flag, dims_for_variance, effective_rank, per_dim_std
 from selfsup.eval.diagnostics.disentanglement import dci, mig
 from selfsup.eval.diagnostics.geometry import alignment, relative_alignment, uniformity
@@ -18,6 +22,30 @@ ALIGNMENT_VIEW_STRENGTH = 0.5  # colour-jitter strength of the SimCLR views used
 def _all(samples) -> np.ndarray:
     """Every image of a (small, subsampled) split as one array."""
     return samples.read(np.arange(len(samples)))
+
+
+def fitted(samples, encoder: torch.nn.Module):
+    """``samples`` as ``encoder`` takes them: images adapted by :func:`fit_images` (the
+    split is small: subsampled by the caller); text as it is (already tokenised with the
+    encoder's tokenizer, see :meth:`~selfsup.models.text.TextEncoder.data_options`)."""
+    if isinstance(samples, TextSet):
+        return samples
+    return from_array(fit_images(_all(samples), encoder), samples.labels)
+
+
+def alignment_views(samples) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The augmentation alignment is measured under: SimCLR views (strength
+    :data:`ALIGNMENT_VIEW_STRENGTH`, no blur at <= 32 px) for images; for text, 15% of
+    the real tokens replaced by [MASK] (the corruption an MLM encoder learned to see
+    through)."""
+    if isinstance(samples, TextSet):
+        tok = samples.tokenizer
+        return lambda x, g: mask_tokens(x, g, special_ids=tok.special_ids, mask_id=tok.mask_id,
+                                        vocab_size=tok.vocab_size, mask_token_frac=1.0, random_token_frac=0.0)[0]
+    from selfsup.data.views import augment, for_small_images, simclr_views
+
+    cfg = for_small_images(simclr_views(ALIGNMENT_VIEW_STRENGTH), samples.spec.image_size)
+    return lambda x, g: augment(x, cfg, g)
 
 
 def fit_images(images: np.ndarray, encoder: torch.nn.Module) -> np.ndarray:
@@ -57,7 +85,8 @@ def transfer(encoder: torch.nn.Module, target, *, random_encoder: torch.nn.Modul
     from selfsup.eval.features import extract_features
     from selfsup.eval.linear import linear_probe_accuracy
 
-    ds = target if isinstance(target, Dataset) else create_dataset(target, seed=seed)
+    options = {k: v for k, v in encoder.data_options().items() if k == "text"}  # images are fitted below
+    ds = target if isinstance(target, Dataset) else create_dataset(target, seed=seed, **options)
     if ds.test is None or not ds.train.has_labels or not ds.test.has_labels:
         raise ValueError(f"transfer needs a labelled dataset with a test split; {ds.name} is not")
     train = random_subset(ds.train, max_train, seed)
@@ -65,8 +94,8 @@ def transfer(encoder: torch.nn.Module, target, *, random_encoder: torch.nn.Modul
     c = len(ds.train.classes)
 
     def probe(enc: torch.nn.Module) -> float:
-        ftr = extract_features(enc, fit_images(_all(train), enc))
-        fte = extract_features(enc, fit_images(_all(ds.test), enc))
+        ftr = extract_features(enc, fitted(train, enc))
+        fte = extract_features(enc, fitted(ds.test, enc))
         return linear_probe_accuracy(ftr, ytr, fte, yte, num_classes=c, seed=seed)
 
     out: dict[str, Any] = {"data": ds.name, "n_train": len(train), "n_test": len(ds.test),
@@ -77,21 +106,19 @@ def transfer(encoder: torch.nn.Module, target, *, random_encoder: torch.nn.Modul
 
 
 @torch.no_grad()
-def _two_view_embeddings(encoder: torch.nn.Module, images: np.ndarray, seed: int,
+def _two_view_embeddings(encoder: torch.nn.Module, samples, seed: int,
                          batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of two SimCLR views (strength :data:`ALIGNMENT_VIEW_STRENGTH`) per image."""
-    from selfsup.data.views import augment, for_small_images, simclr_views
-
+    """Features of two :func:`alignment_views` of every sample."""
     device = next(encoder.parameters()).device
-    cfg = for_small_images(simclr_views(ALIGNMENT_VIEW_STRENGTH), images.shape[1])
+    view = alignment_views(samples)
     gen = torch.Generator().manual_seed(seed)
     a, b = [], []
     fast_layout(encoder, device)
     with eval_mode(encoder), choose_precision(device).autocast():
-        for s in range(0, len(images), batch_size):
-            x = to_float(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])), device)  # (B, C, H, W)
-            a.append(encoder(augment(x, cfg, gen)).float().cpu())
-            b.append(encoder(augment(x, cfg, gen)).float().cpu())
+        for _, batch in Loader(samples, batch_size, shuffle=False, drop_last=False, prefetch=False).epoch():
+            x = to_input(batch, device)  # (B, C, H, W) images or (B, L) token ids
+            a.append(encoder(view(x, gen)).float().cpu())
+            b.append(encoder(view(x, gen)).float().cpu())
     return torch.cat(a), torch.cat(b)
 
 
@@ -101,9 +128,8 @@ def inspect(encoder: torch.nn.Module, dataset, *, max_samples: int = 5000, seed:
     """All the diagnostics above for ``encoder``'s features on one dataset.
 
     Uses the test split (the train split when there is none), at most ``max_samples``
-    random images.  Alignment compares two SimCLR views (strength 0.5; no blur at 32 px
-    or less, see :func:`selfsup.data.views.for_small_images`) of each image;
-    uniformity uses the clean images.  With ground-truth factors (``shapes``) adds DCI
+    random samples.  Alignment compares two :func:`alignment_views` of each sample;
+    uniformity uses the clean samples.  With ground-truth factors (``shapes``) adds DCI
     (``predictor`` as in :func:`importance_matrix`) and MIG; with ``transfer_to`` (a
     labelled dataset or spec) adds :func:`transfer`, with ``random_encoder`` as its
     baseline.  Everything returned is JSON-ready.
@@ -111,12 +137,13 @@ def inspect(encoder: torch.nn.Module, dataset, *, max_samples: int = 5000, seed:
     from selfsup.data import Dataset, create_dataset, random_subset
     from selfsup.eval.features import extract_features
 
-    ds = dataset if isinstance(dataset, Dataset) else create_dataset(dataset, seed=seed)
+    options = {k: v for k, v in encoder.data_options().items() if k == "text"}
+    ds = dataset if isinstance(dataset, Dataset) else create_dataset(dataset, seed=seed, **options)
     split = "test" if ds.test is not None else "train"
     part = random_subset(ds.test if ds.test is not None else ds.train, max_samples, seed)
-    images = fit_images(_all(part), encoder)  # at most max_samples images
-    h = extract_features(encoder, images)  # (N, D)
-    v1, v2 = _two_view_embeddings(encoder, images, seed)
+    samples = fitted(part, encoder)  # at most max_samples
+    h = extract_features(encoder, samples)  # (N, D)
+    v1, v2 = _two_view_embeddings(encoder, samples, seed)
     spread = per_dim_std(h)
     out: dict[str, Any] = {
         "data": ds.name, "split": split, "n": len(h), "dim": int(h.shape[1]),
@@ -126,7 +153,8 @@ def inspect(encoder: torch.nn.Module, dataset, *, max_samples: int = 5000, seed:
         "z_std": spread["z_std"], "collapsed": bool(collapse_flag(h)),
         "alignment": alignment(v1, v2), "relative_alignment": relative_alignment(v1, v2, seed=seed),
         "uniformity": uniformity(h, seed=seed),
-        "alignment_views": f"simclr_views(strength={ALIGNMENT_VIEW_STRENGTH})",
+        "alignment_views": ("15% of the tokens masked" if isinstance(part, TextSet)
+                            else f"simclr_views(strength={ALIGNMENT_VIEW_STRENGTH})"),
     }
     if part.factors is not None and len(part.factor_names):
         out["dci"] = dci(h, part.factors, part.factor_names, predictor=predictor, seed=seed)
