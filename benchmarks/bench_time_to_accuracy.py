@@ -50,7 +50,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     env = versions()
-    names = a.methods or METHODS.names()
+    names = a.methods or [n for n in METHODS.names() if METHODS.get(n).modality == "image"]
     print(f"hardware: {env['cpu_model']}, native bf16: {env['cpu_bf16'] or 'no'}, {a.threads} torch threads, "
           f"GPU: {env['cuda'] or 'none'}; torch {env['torch']}, selfsup {env['selfsup']}", flush=True)
     rows = []

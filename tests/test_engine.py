@@ -80,7 +80,7 @@ def test_batch_errors(tmp_path):
     with pytest.raises(SelfSupError, match="too small for simclr"):
         engine.train(m, images(), cfg, tmp_path, log=lambda s: None)
     m, cfg = tiny_setup(tmp_path, batch_size=100)
-    with pytest.raises(SelfSupError, match="larger than the 64 training images"):
+    with pytest.raises(SelfSupError, match="larger than the 64 training samples"):
         engine.train(m, images(), cfg, tmp_path, log=lambda s: None)
 
 

@@ -162,11 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_efficiency(sub)
     _add_inspect_report(sub)
     sub.add_parser("list", help="list methods (with presets), backbones and data sources")
-    p = sub.add_parser("demo", help="SimCLR on shapes, then 1%%/10%%/100%% labels vs training from scratch",
-                       description="Pretrain SimCLR on the built-in shapes data without labels, then compare "
-                                   "a linear probe with 1%, 10% and 100% of the labels against the same "
-                                   "backbone trained from scratch; writes a Markdown report and a 2-D map.")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p = sub.add_parser("demo", help="SimCLR on shapes (or --text: MLM on lang), then 1%%/10%%/100%% labels vs "
+                                    "training from scratch",
+                       description="Pretrain SimCLR on the built-in shapes data without labels (--text: BERT "
+                                   "masked language modelling on the generated lang corpus), then compare the "
+                                   "pretrained encoder with 1%, 10% and 100% of the labels against the same "
+                                   "encoder trained from scratch (--text: and TF-IDF + logistic regression); "
+                                   "writes a Markdown report and a 2-D map.")
+    p.add_argument("--text", action="store_true", help="the text demo: MLM on lang")
+    p.add_argument("--out", help="output folder (default runs/demo, runs/demo-text with --text)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default from the demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline in about a minute")
     return parser
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from selfsup.demo import run_demo
 
-            run_demo(args.out, epochs=args.epochs, quick=args.quick)
+            run_demo(args.out or ("runs/demo-text" if args.text else "runs/demo"), epochs=args.epochs, quick=args.quick, text=args.text)
     except SelfSupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

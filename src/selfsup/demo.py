@@ -1,11 +1,15 @@
 """``selfsup demo``: the article's promise, end to end, on built-in data.
 
-1. Pretrain SimCLR on ``shapes`` without labels.
-2. Measure kNN accuracy of the pretrained encoder against the same backbone at random
+1. Pretrain without labels: SimCLR on ``shapes`` (``selfsup demo``), or BERT masked
+   language modelling on the generated ``lang`` corpus (``selfsup demo --text``, which
+   also reports held-out masked-token accuracy and perplexity against the unigram
+   baseline).
+2. Measure kNN accuracy of the pretrained encoder against the same encoder at random
    initialisation.
-3. With 1%, 10% and 100% of the training labels (stratified subsets), compare a linear
-   probe on the pretrained encoder with the same backbone trained from scratch on the
-   same labels for the same number of steps.
+3. With 1%, 10% and 100% of the training labels (stratified subsets), compare the
+   pretrained encoder (linear probe; for text also fine-tuning) with the same encoder
+   trained from scratch on the same labels for the same number of steps -- and, for
+   text, with TF-IDF + logistic regression, the classical baseline.
 4. Print the table and write ``report.md``, ``results.json``, ``label_efficiency.*`` and
    ``embedding_map.png``.
 """
@@ -25,22 +29,36 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import StudyConfig, format_table, fresh_copy, run_study, save
 from selfsup.output.plots import embedding_map, label_efficiency_curves, project_2d
 
+DEMOS = {  # what each demo pretrains, and what its table compares
+    "image": {"method": "simclr", "data": "shapes", "epochs": 20, "protocols": ("knn", "linear", "scratch"),
+              "title": "SimCLR on shapes", "units": "images"},
+    "text": {"method": "mlm", "data": "lang", "epochs": 20,
+             "protocols": ("knn", "linear", "finetune", "scratch", "tfidf"),
+             "title": "BERT masked language modelling on lang", "units": "sentences"},
+}
+
 
 def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, quick: bool = False,
-             log=print) -> dict:
+             text: bool = False, log=print) -> dict:
+    demo = DEMOS["text" if text else "image"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    epochs = epochs or (1 if quick else 20)
+    epochs = epochs or (1 if quick else demo["epochs"])
     num_train = 2000 if quick else None
-    run = pretrain("simclr", "shapes", out_dir=str(out / "pretrain"), epochs=epochs, num_train=num_train,
+    run = pretrain(demo["method"], demo["data"], out_dir=str(out / "pretrain"), epochs=epochs, num_train=num_train,
                    log=log)
     t_pretrain = time.perf_counter() - t0
     ds, cfg = run.dataset, run.config
     test = ds.test
     enc = run.encoder.cpu().eval()
-    study = StudyConfig(seeds=1, protocols=("knn", "linear", "scratch"),
-                        classifier=ClassifierConfig(steps=60 if quick else 500))
+    heldout = None
+    if hasattr(run.method, "heldout_metrics"):  # MLM: masked-token accuracy and perplexity
+        heldout = run.method.cpu().heldout_metrics(test, train=ds.train)
+        log(f"held-out masked tokens: accuracy {heldout['masked_accuracy']:.3f} (unigram baseline "
+            f"{heldout['unigram_accuracy']:.3f}), perplexity {heldout['perplexity']:.2f} "
+            f"(unigram {heldout['unigram_perplexity']:.1f})")
+    study = StudyConfig(seeds=1, protocols=demo["protocols"], classifier=ClassifierConfig(steps=60 if quick else 500))
     result_le = run_study(enc, ds, study, log=log)
     save(result_le, out)
     label_efficiency_curves(result_le["summary"], study.protocols, out / "label_efficiency.png")
@@ -54,41 +72,47 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
 
     log("drawing the embedding map ...")
     sub = np.random.default_rng(0).choice(len(test), size=min(2000, len(test)), replace=False)
-    maps = {"SimCLR (t-SNE)": project_2d(fte[sub].numpy(), "tsne"),
+    maps = {f"{cfg.method} (t-SNE)": project_2d(fte[sub].numpy(), "tsne"),
             "random init (t-SNE)": project_2d(rte[sub].numpy(), "tsne")}
     embedding_map(maps, test.labels[sub], ds.train.classes, out / "embedding_map.png",
-                  title="shapes test set, coloured by class")
+                  title=f"{ds.name} test set, coloured by class")
 
-    result = {"config": cfg.to_dict(), "versions": versions(), "knn": knn,
+    result = {"config": cfg.to_dict(), "versions": versions(), "knn": knn, "heldout": heldout,
               "label_efficiency": result_le["summary"], "pretrain_seconds": t_pretrain,
               "total_seconds": time.perf_counter() - t0, "scratch_budget_steps": study.classifier.steps}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     table = format_table(result_le["summary"], study.protocols)
-    (out / "report.md").write_text(render_report(result, table))
+    (out / "report.md").write_text(render_report(result, table, demo))
     log("\n" + table)
     log(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'embedding_map.png'} "
         f"in {result['total_seconds']:.0f} s")
     return result
 
 
-def render_report(result: dict, table: str) -> str:
-    c, v = result["config"], result["versions"]
-    return f"""# selfsup demo: SimCLR on shapes
+def render_report(result: dict, table: str, demo: dict = DEMOS["image"]) -> str:
+    c, v, h = result["config"], result["versions"], result.get("heldout")
+    mlm = "" if not h else (
+        f"\nHeld-out masked tokens ({h['masked_tokens']}): accuracy **{h['masked_accuracy']:.3f}** against "
+        f"{h['unigram_accuracy']:.3f} for always guessing the most frequent token; perplexity "
+        f"**{h['perplexity']:.2f}** against {h['unigram_perplexity']:.1f} for the unigram distribution.\n")
+    return f"""# selfsup demo: {demo['title']}
 
 Pretrained {c['method']} ({c['backbone']}) for {c['train']['epochs']} epochs on
 {c['data']['source']} without labels in {result['pretrain_seconds']:.0f} s
 (torch {v['torch']}, {v['cpu_threads']} CPU threads, {v['cuda'] or 'no GPU'}).
-
+{mlm}
 kNN top-1 on the test split (k=20, T=0.07): pretrained **{result['knn']['pretrained']:.3f}**,
-same backbone at random initialisation {result['knn']['random init']:.3f}.
+same encoder at random initialisation {result['knn']['random init']:.3f}.
 
 ## Label efficiency (test accuracy, one seed)
 
 {table}
 
 Linear probe: standardised frozen features, logistic regression (L2 chosen on a split of
-the training labels). Scratch: the same backbone, randomly initialised, trained on the
-same labels for {result['scratch_budget_steps']} steps with crop/flip augmentation.
+the training labels). Fine-tune and scratch: the same encoder, pretrained or randomly
+initialised, trained on the same labels for {result['scratch_budget_steps']} steps
+(images with crop/flip augmentation). TF-IDF: word unigrams and bigrams, logistic
+regression.
 
 ![label efficiency](label_efficiency.png)
 
