@@ -90,6 +90,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SelfSupError(f"unknown optimizer {cfg.optim.name!r}; valid: adamw, sgd, lars")
     if cfg.optim.lr_scaling not in ("linear", "sqrt", "none"):
         raise SelfSupError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; valid: linear, sqrt, none")
+    if cfg.init and cfg.data.tokenizer:
+        raise SelfSupError("--init brings the model's own tokenizer; drop --tokenizer")
     if cfg.optim.schedule not in ("cosine", "linear"):
         raise SelfSupError(f"unknown optim.schedule {cfg.optim.schedule!r}; valid: cosine, linear")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
@@ -242,6 +244,7 @@ def check_modalities(cfg: RunConfig, ds: Dataset) -> None:
             raise SelfSupError(f"{what} {name!r} trains on {takes}, but {ds.name} holds {kind}; use {hint}")
     if cfg.init and kind != "text":
         raise SelfSupError("--init starts a text encoder from a Hugging Face folder; it needs text data")
+
 
 
 def initial_encoder(cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = print) -> torch.nn.Module:

@@ -178,7 +178,7 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
                 history.append(rec)
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rec['samples_per_s']:.0f}")
+                bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}")
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
                 save_checkpoint()
             t_step_end = time.perf_counter()
