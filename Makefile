@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/selfsup demo --out runs/demo
+	$(VENV)/bin/selfsup demo --out runs/demo --overwrite
 
 # the text demo: BERT masked language modelling on the generated lang corpus
 demo-text: $(STAMP)
-	$(VENV)/bin/selfsup demo --text --out runs/demo-text
+	$(VENV)/bin/selfsup demo --text --out runs/demo-text --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -150,7 +150,7 @@ def child(a) -> dict:
 
         SimCLR.training_step = timed
         overrides = {"data.in_memory": a.mode == "memory", "backbone_cfg.width": 16}
-        selfsup.pretrain("simclr", f"folder:{a.folder}", image_size=a.image_size, batch_size=a.batch_size,
+        selfsup.pretrain("simclr", f"folder:{a.folder}", overwrite=True, image_size=a.image_size, batch_size=a.batch_size,
                          epochs=1000, max_steps=a.steps, out_dir=a.run, progress=False, overrides=overrides,
                          log=lambda s: None)
         skip = min(5, len(stamps) - 2)

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
-    runs = sorted(str(p.parent) for p in Path(a.work).glob("*/encoder.pt"))
+    runs = sorted(str(p.parent) for p in Path(a.work).glob("*/config.yaml"))
     env = versions()
     print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'}; torch {env['torch']}")
     print(f"{len(runs)} runs under {a.work}; shapes test split; transfer: linear probe on {a.transfer}", flush=True)

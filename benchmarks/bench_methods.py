@@ -34,7 +34,7 @@ def one_run(name: str, seed: int, a: argparse.Namespace) -> dict:
     """Pretrain one method with one seed and evaluate it and its random initialisation."""
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    run = selfsup.pretrain(name, "shapes", epochs=a.epochs, num_train=a.num_train, image_size=a.image_size,
+    run = selfsup.pretrain(name, "shapes", overwrite=True, epochs=a.epochs, num_train=a.num_train, image_size=a.image_size,
                            seed=seed, out_dir=str(Path(a.work) / f"{name}-s{seed}"), progress=False,
                            log=lambda s: None, overrides={"train.amp": not a.no_amp})
     seconds = (time.perf_counter() - t0) / a.epochs

@@ -122,7 +122,7 @@ def lightly_rate(backbone, images, batch, warmup, steps, workers, seed) -> float
 
 
 def selfsup_rate(backbone, images, labels, batch, warmup, steps, work, overrides) -> float:
-    run = selfsup.pretrain("simclr", (images, labels), backbone=backbone, batch_size=batch, epochs=1000,
+    run = selfsup.pretrain("simclr", (images, labels), overwrite=True, backbone=backbone, batch_size=batch, epochs=1000,
                            max_steps=warmup + steps, out_dir=work, progress=False, log=lambda s: None,
                            overrides={"train.log_every": 1, **overrides})
     timed = run.history[warmup:]  # one record per step (log_every 1)
@@ -192,7 +192,7 @@ def same_budget_knn(a, ds, selfsup_rate_: float, work: Path) -> dict:
     lightly_knn = knn_of(Encoder(net, IMAGENET_MEAN, IMAGENET_STD).eval(), ds)
     epochs = max(1, int(a.budget * selfsup_rate_ / len(images) * 0.9))  # 10% for start-up and epoch ends
     t0 = time.perf_counter()
-    run = selfsup.pretrain("simclr", "shapes", epochs=epochs, out_dir=str(work / "knn"), progress=False,
+    run = selfsup.pretrain("simclr", "shapes", overwrite=True, epochs=epochs, out_dir=str(work / "knn"), progress=False,
                            log=lambda s: None)
     selfsup_s = time.perf_counter() - t0
     return {"budget_s": a.budget, "lightly": {"seconds": lightly_s, "steps": steps, "knn": lightly_knn},

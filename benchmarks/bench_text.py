@@ -83,7 +83,7 @@ def main() -> None:
     for seed in range(a.seeds):
         t0 = time.perf_counter()
         run = selfsup.pretrain("mlm", "lang", seed=seed, out_dir=f"{a.work}/mlm-s{seed}", progress=False,
-                               log=lambda s: None)
+                               log=lambda s: None, overwrite=True)
         seconds = time.perf_counter() - t0
         ev = selfsup.evaluate(run.run_dir, "lang")
         rnd = frozen(fresh_copy(run.encoder.cpu(), seed).eval(), "lang")
@@ -95,7 +95,8 @@ def main() -> None:
               f"kNN {row['knn']:.3f} / linear {row['linear']:.3f} (random init {row['random_init_knn']:.3f} / "
               f"{row['random_init_linear']:.3f})", flush=True)
     result["mlm"] = {"config": run.config.to_dict(), "runs": runs,
-                     "summary": {k: mean_std([r[k] for r in runs]) for k in runs[0] if k != "seed"}}
+                     "summary": {k: mean_std([r[k] for r in runs]) for k, v in runs[0].items()
+                                 if k != "seed" and isinstance(v, (int, float))}}
     print("MLM, mean +- std over", a.seeds, "seeds:", json.dumps(result["mlm"]["summary"], indent=1), flush=True)
 
     # 2. label efficiency of the first seed's encoder
@@ -118,7 +119,7 @@ def main() -> None:
         before = probe_budgets(selfsup.load_encoder(folder, device="cpu"), fractions, a.seeds)
         t0 = time.perf_counter()
         run = selfsup.pretrain("mlm", "lang", out_dir=f"{a.work}/minilm", epochs=a.init_epochs, progress=False,
-                               log=lambda s: None, overrides={"init": folder, "optim.base_lr": 2e-4})
+                               log=lambda s: None, overwrite=True, overrides={"init": folder, "optim.base_lr": 2e-4})
         seconds = time.perf_counter() - t0
         after = probe_budgets(run.encoder.cpu().eval(), fractions, a.seeds)
         ev = selfsup.evaluate(run.run_dir, "lang", linear=False)

@@ -38,7 +38,7 @@ def one_run(backbone: str, batch: int, warmup: int, steps: int, device: str, ove
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch * (warmup + steps + 1), SIZE, SIZE, 3), dtype=np.uint8)  # one epoch
     t0 = time.perf_counter()
-    run = selfsup.pretrain("simclr", images, backbone=backbone, batch_size=batch, epochs=10_000,
+    run = selfsup.pretrain("simclr", images, overwrite=True, backbone=backbone, batch_size=batch, epochs=10_000,
                            max_steps=warmup + steps, device=device, out_dir=work, progress=False,
                            log=lambda s: None, overrides={"train.log_every": 1, **overrides})
     wall = time.perf_counter() - t0

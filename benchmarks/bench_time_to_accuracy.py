@@ -29,7 +29,7 @@ from selfsup.methods import METHODS
 
 def timed_run(name: str, work: str, **kw) -> tuple[selfsup.Run, float]:
     t0 = time.perf_counter()
-    run = selfsup.pretrain(name, "shapes", out_dir=work, progress=False, log=lambda s: None, **kw)
+    run = selfsup.pretrain(name, "shapes", overwrite=True, out_dir=work, progress=False, log=lambda s: None, **kw)
     return run, time.perf_counter() - t0
 
 

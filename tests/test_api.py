@@ -50,7 +50,7 @@ def test_load_encoder_round_trip_and_export(simclr_run, shapes, tmp_path):
     x = torch.from_numpy(shapes.test.images[:8]).permute(0, 3, 1, 2).float() / 255
     simclr_run.encoder.eval()
     want = simclr_run.encoder.cpu()(x)
-    for source in (simclr_run.run_dir, simclr_run.run_dir / "last.pt", simclr_run.run_dir / "encoder.pt"):
+    for source in (simclr_run.run_dir, simclr_run.run_dir / "last.pt", simclr_run.run_dir / "encoder.safetensors"):
         enc = selfsup.load_encoder(source, device="cpu")
         assert isinstance(enc, torch.nn.Module) and not enc.training
         assert torch.allclose(enc(x), want, atol=1e-5)
@@ -125,3 +125,15 @@ def test_eval_mode_restores_the_previous_mode_even_after_an_error():
         pass
     assert not net.training  # a module that was in eval mode stays there
 
+
+
+def test_encoders_exported_as_pt_by_earlier_versions_still_load(simclr_run, shapes, tmp_path):
+    from selfsup.train import checkpoint
+
+    enc = simclr_run.encoder.cpu().eval()
+    old = tmp_path / "encoder.pt"  # the pickled dict an export was before safetensors
+    torch.save({"format": checkpoint.ENCODER_FORMAT, "state_dict": enc.state_dict(),
+                "encoder": {"name": enc.name, "kwargs": {k: v for k, v in enc.kwargs.items() if k not in ("mean", "std")}}},
+               old)
+    x = torch.from_numpy(shapes.test.images[:4]).permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(selfsup.load_encoder(old, device="cpu")(x), enc(x), atol=1e-6)

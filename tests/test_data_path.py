@@ -275,7 +275,7 @@ def test_python_data_pretrains_and_evaluates(tmp_path, kind, one_thread):
     np.testing.assert_array_equal(ds.train.labels, labels)
     run = selfsup.pretrain("simclr", data, epochs=1, batch_size=32, out_dir=str(tmp_path / "run"),
                            progress=False, log=lambda s: None, overrides={"backbone_cfg.width": 4})
-    assert run.config.data.source.startswith("python:") and (tmp_path / "run" / "encoder.pt").exists()
+    assert run.config.data.source.startswith("python:") and (tmp_path / "run" / "encoder.safetensors").exists()
     result = selfsup.evaluate(run.encoder, data)
     assert result["n_test"] == 20 and result["n_train"] == 76  # 20% held out, stratified
     assert "held out" in result["test_split"]

@@ -337,3 +337,13 @@ def test_init_continues_pretraining_a_published_model(tmp_path, one_thread):
     w1 = enc.bert.encoder.layer[0].attention.self.query.weight.detach().cpu()
     assert 0 < (w1 - w0).abs().max() < 0.05  # started from MiniLM's weights and moved
     assert math.isfinite(run.history[-1]["loss"])
+
+
+def test_text_demo_quick_runs_end_to_end(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "demo", "--text", "--quick", "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "TF-IDF + logistic" in report and "Held-out masked tokens" in report
+    result = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert result["heldout"]["masked_tokens"] > 0 and len(result["label_efficiency"]) == 3
+    assert (tmp_path / "demo" / "embedding_map.png").is_file()

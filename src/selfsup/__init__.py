@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("pretrain", "evaluate", "embed", "label_efficiency", "inspect_encoder", "load_encoder", "export_encoder",
+_API = ("pretrain", "evaluate", "embed", "label_efficiency", "inspect_encoder", "load_encoder", "export_encoder", "report",
         "build_config", "Run")
 
 

@@ -11,10 +11,12 @@ import copy
 import csv
 import dataclasses
 import json
+import operator
 import os
 import platform
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,8 +36,10 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.methods import METHODS, Method, create_method
 from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebuild_encoder
+from selfsup.models.backbones import LibraryNet, backbone_builder
 from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_device
 from selfsup.train import checkpoint, engine
+from selfsup.train.safety import first_nonfinite
 
 # keyword shorthands accepted by pretrain(); every other option is a dotted override
 SHORTHANDS = {
@@ -79,11 +83,10 @@ def build_config(method: str = "simclr", *, preset: str | None = "cpu", config_f
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every registry name and choice before any data is loaded or model built."""
-    from selfsup.models import BACKBONES
     from selfsup.data import DATASETS
 
     METHODS.get(cfg.method)
-    BACKBONES.get(cfg.backbone)
+    backbone_builder(cfg.backbone)
     if not cfg.data.source.startswith(PYTHON_SOURCE):
         DATASETS.get(cfg.data.source.partition(":")[0])
     if cfg.optim.name not in ("adamw", "sgd", "lars"):
@@ -94,8 +97,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise SelfSupError("--init brings the model's own tokenizer; drop --tokenizer")
     if cfg.optim.schedule not in ("cosine", "linear"):
         raise SelfSupError(f"unknown optim.schedule {cfg.optim.schedule!r}; valid: cosine, linear")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise SelfSupError("train.epochs and train.batch_size must be at least 1")
+    o, t, d = cfg.optim, cfg.train, cfg.data
+    rules = [  # (ok, option, what it must be)
+        (o.base_lr > 0, "optim.base_lr", "positive"), (o.weight_decay >= 0, "optim.weight_decay", "at least 0"),
+        (o.weight_decay_end is None or o.weight_decay_end >= 0, "optim.weight_decay_end", "at least 0"),
+        (o.warmup_epochs >= 0, "optim.warmup_epochs", "at least 0"), (o.min_lr >= 0, "optim.min_lr", "at least 0"),
+        (o.clip_grad >= 0, "optim.clip_grad", "at least 0 (0 = off)"), (o.eps > 0, "optim.eps", "positive"),
+        (0 <= o.momentum < 1, "optim.momentum", "in [0, 1)"), (all(0 <= b < 1 for b in o.betas), "optim.betas", "in [0, 1)"),
+        (t.epochs >= 1, "train.epochs", "at least 1"), (t.batch_size >= 1, "train.batch_size", "at least 1"),
+        (t.threads >= 0, "train.threads", "at least 0 (0 = torch's default)"),
+        (t.log_every >= 1, "train.log_every", "at least 1"),
+        (t.checkpoint_every >= 0, "train.checkpoint_every", "at least 0 (0 = at epoch ends)"),
+        (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "at least 1"),
+        (d.num_train is None or d.num_train >= 1, "data.num_train", "at least 1"),
+        (d.image_size is None or d.image_size >= 1, "data.image_size", "at least 1"),
+        (d.max_length >= 4, "data.max_length", "at least 4"), (d.vocab_size >= 64, "data.vocab_size", "at least 64"),
+    ]
+    for ok, option, must in rules:
+        if not ok:
+            raise SelfSupError(f"{option} must be {must}, got {operator.attrgetter(option)(cfg)}")
     return cfg
 
 
@@ -178,9 +198,14 @@ def channel_stats(images, max_images: int = 10_000, chunk: int = 1000) -> tuple[
     return mean.tolist(), np.maximum(std, 1e-3).tolist()
 
 
-def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "cpu",
+RUN_FILES = (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt", "metrics.jsonl",
+             "config.yaml")  # a folder with one of them holds a run
+
+
+def pretrain(method: str | None = None, data: Any = None, *, preset: str | None = "cpu",
              config_file: str | None = None, overrides: dict[str, Any] | list[str] | None = None,
-             resume: bool = False, log: Callable[[str], None] = print, **shorthands: Any) -> Run:
+             resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
+             **shorthands: Any) -> Run:
     """Pretrain an encoder without labels; returns the :class:`Run`.
 
     ``shorthands`` are ``epochs, batch_size, lr, seed, device, out_dir, image_size,
@@ -189,7 +214,9 @@ def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "
     ``(images, labels)``, a torch or Hugging Face Dataset (see
     :func:`selfsup.data.as_dataset`).  With ``resume=True`` the run in ``out_dir``
     continues from its checkpoint with its saved configuration (overrides such as a
-    larger ``epochs`` still apply; pass a Python object again as ``data``).
+    larger ``epochs`` still apply; pass a Python object again as ``data``).  A folder that
+    already holds a run is never replaced unless ``overwrite=True``; ``method`` defaults to
+    simclr for a new run and to the saved one on resume.
     """
     extra: dict[str, Any] = {}
     for k, v in shorthands.items():
@@ -207,13 +234,22 @@ def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "
         overrides = parse_overrides(overrides)
     extra.update(overrides or {})
     ckpt = None
+    out_dir = Path(extra.get("train.out_dir", RunConfig().train.out_dir))
     if resume:
-        ckpt = checkpoint.load_checkpoint(Path(extra.get("train.out_dir", RunConfig().train.out_dir)))
+        ckpt = checkpoint.require_keys(checkpoint.load_checkpoint(out_dir), checkpoint.RESUME_KEYS,
+                                       out_dir / checkpoint.CHECKPOINT)
         saved = from_dict(ckpt["config"])
+        if method is not None and method != saved.method:
+            raise SelfSupError(f"cannot resume: the run in {out_dir} is {saved.method}, not {method}; drop --method "
+                               "or choose another --out")
         saved.train.max_steps = None  # where the last session stopped; a resumed run goes on unless told again
         cfg = validate(apply_overrides(saved, extra))
     else:
-        cfg = build_config(method, preset=preset, config_file=config_file, overrides=extra)
+        held = [f for f in RUN_FILES if (out_dir / f).exists()]
+        if held and not overwrite:
+            raise SelfSupError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume, "
+                               "replace it with --overwrite, or choose another --out")
+        cfg = build_config(method or "simclr", preset=preset, config_file=config_file, overrides=extra)
 
     if cfg.data.source.startswith(PYTHON_SOURCE) and obj is None:
         raise SelfSupError("this run was trained on a Python object: pass it again as data= to resume")
@@ -224,13 +260,19 @@ def pretrain(method: str = "simclr", data: Any = None, *, preset: str | None = "
     encoder = rebuild_encoder(ckpt["encoder"]).train() if ckpt else initial_encoder(cfg, ds, log)
     m = create_method(cfg.method, encoder, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
     run_dir = Path(cfg.train.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     precision = choose_precision(select_device(cfg.train.device), cfg.train.amp)
-    (run_dir / "env.json").write_text(json.dumps({**versions(), "precision": str(precision)}, indent=2))
+
+    def write_run_files() -> None:  # once the engine has checked everything and holds the folder's lock
+        if not ckpt:
+            for f in RUN_FILES:
+                (run_dir / f).unlink(missing_ok=True)
+        checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        checkpoint.atomic_write_text(run_dir / "env.json",
+                                     json.dumps({**versions(), "precision": str(precision)}, indent=2))
+
     log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
-    history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log)
-    export_encoder(m.encoder, run_dir / "encoder.pt")
+    history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files)
+    export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
     return Run(cfg, run_dir, m, ds, history)
 
 
@@ -242,15 +284,13 @@ def check_modalities(cfg: RunConfig, ds: Dataset) -> None:
         if takes != kind:
             hint = "--method mlm (backbone bert)" if kind == "text" else "an image method such as simclr"
             raise SelfSupError(f"{what} {name!r} trains on {takes}, but {ds.name} holds {kind}; use {hint}")
-    if cfg.init and kind != "text":
-        raise SelfSupError("--init starts a text encoder from a Hugging Face folder; it needs text data")
 
 
 
 def initial_encoder(cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = print) -> torch.nn.Module:
     """A new run's encoder: the --init folder's model, or the backbone fitted to the data
     (normalised with the images' channel statistics; the text's tokenizer and length)."""
-    if cfg.init:
+    if cfg.init and ds.spec.modality == "text":
         enc = TextEncoder.from_pretrained(cfg.init, max_length=cfg.data.max_length).train()
         log(f"init from {cfg.init}: {enc.config.num_hidden_layers} layers x {enc.num_features}, vocabulary "
             f"{enc.tokenizer.vocab_size}" + (" (backbone_cfg does not apply)" if cfg.backbone_cfg else ""))
@@ -259,8 +299,53 @@ def initial_encoder(cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = pr
         return create_backbone(cfg.backbone, tokenizer=ds.train.tokenizer, max_length=ds.spec.seq_len,
                                **cfg.backbone_cfg)
     mean, std = channel_stats(ds.train)
-    return create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size, mean=mean, std=std,
-                           **cfg.backbone_cfg)
+    enc = create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size, mean=mean, std=std,
+                          **cfg.backbone_cfg)
+    if cfg.init:
+        log(f"init from {cfg.init}: {load_init_weights(enc, cfg.init)}")
+    return enc
+
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "heads.")  # a library model's classifier: not part of a backbone
+
+
+def load_init_weights(enc: Encoder, path: str | Path) -> str:
+    """Load the weights in ``path`` into the image encoder ``enc``; returns what was loaded.
+
+    ``path`` is a selfsup export (or run), or a plain state dict -- safetensors, or a
+    torch file read with ``weights_only`` -- of the whole encoder, of its backbone, or of
+    the library model inside it (a torchvision or timm state dict, whose classifier is
+    dropped).  Anything that does not fit is a one-line error naming the keys."""
+    p = Path(path)
+    if not p.exists():
+        raise SelfSupError(f"--init {path}: no such file")
+    if p.is_dir() or checkpoint.is_selfsup_file(p):
+        source = load_encoder(p, device="cpu")
+        if source.name != enc.name or source.kwargs.get("in_chans") != enc.kwargs.get("in_chans"):
+            raise SelfSupError(f"--init {path} is a {source.name} encoder; this run builds {enc.name}")
+        enc.net.load_state_dict(source.net.state_dict())
+        return f"the {source.name} encoder of {path} (its normalisation replaced by this data's)"
+    state = checkpoint.read_state_dict(p)
+    targets = [("the backbone", enc.net)]
+    if isinstance(enc.net, LibraryNet):
+        targets.append((f"the {enc.net.library} model", enc.net.library_model))
+        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    best = None
+    for what, module in targets:
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if not missing and not unexpected and not shapes:
+            module.load_state_dict(state)
+            return f"{len(state)} tensors into {what}"
+        if best is None or len(missing) + len(unexpected) < len(best[1]) + len(best[2]):
+            best = (what, missing, unexpected, shapes)
+    what, missing, unexpected, shapes = best
+    detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                       for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
+                       if keys)
+    raise SelfSupError(f"--init {path} does not fit {what} of {enc.name} ({detail})")
 
 
 def describe(ds: Dataset) -> str:
@@ -270,52 +355,113 @@ def describe(ds: Dataset) -> str:
     return f"images of {spec.image_size}px x {spec.channels} channels"
 
 
-EXPORT_FORMATS = ("selfsup", "hf")
+EXPORT_FORMATS = ("selfsup", "torchvision", "timm", "hf")
 
 
-def export_encoder(encoder: Encoder, path: str | Path, *, format: str = "selfsup") -> Path:
-    """Save the encoder alone.
+def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = None, overwrite: bool = False,
+                   source: str | Path | None = None) -> Path:
+    """Save the encoder alone; returns the path written.
 
-    ``format="selfsup"``: one ``.pt`` file (backbone name, builder arguments, weights,
-    normalisation or tokenizer) for :func:`load_encoder`.  ``format="hf"`` (text
-    encoders): a Hugging Face folder -- config.json, model.safetensors, the tokenizer
-    files -- that ``transformers.AutoModel`` / ``AutoTokenizer.from_pretrained`` load
-    offline; it is written next to ``path`` and renamed into place, and an existing
-    ``path`` is never overwritten."""
+    - ``"selfsup"`` (images; default): one safetensors file whose header holds the spec
+      (backbone name, builder arguments, normalisation or tokenizer), for
+      :func:`load_encoder` -- nothing is unpickled on load;
+    - ``"torchvision"`` / ``"timm"``: the plain state dict of the library's own model (a
+      ResNet from ``torchvision.models``, a timm model or ViT) as safetensors, and next to
+      it ``PATH.json``: how to build that model (the CIFAR-stem edits included), load the
+      weights and normalise the input;
+    - ``"hf"`` (text; default for text encoders): a Hugging Face folder that
+      ``transformers.AutoModel`` / ``AutoTokenizer`` load offline.
+
+    An existing ``path`` is replaced only with ``overwrite``, and never when it is the
+    checkpoint being exported (``source``); everything is written beside ``path`` first
+    and renamed into place."""
+    format = format or ("hf" if isinstance(encoder, TextEncoder) else "selfsup")
     if format not in EXPORT_FORMATS:
         raise SelfSupError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
+    _check_output(path, overwrite=overwrite, folder=format == "hf", source=source)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if format == "hf":
         if not isinstance(encoder, TextEncoder):
-            raise SelfSupError("--format hf exports text encoders; an image encoder exports as a selfsup .pt file")
-        if path.exists():
-            raise SelfSupError(f"{path} already exists; choose a new --out folder (nothing was overwritten)")
+            raise SelfSupError("--format hf exports text encoders; export an image encoder as selfsup, torchvision "
+                               "or timm")
         tmp = path.with_name(f".{path.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         encoder.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_save({"format": checkpoint.ENCODER_FORMAT, "state_dict": encoder.state_dict(),
-                            "encoder": {"name": encoder.name, "kwargs": encoder.kwargs}}, path)
+    elif format == "selfsup":
+        checkpoint.save_encoder_file(path, {"name": encoder.name, "kwargs": encoder.kwargs}, encoder.state_dict())
+    else:
+        net = getattr(encoder, "net", None)
+        if not isinstance(net, LibraryNet) or net.library != format:
+            other = net.library if isinstance(net, LibraryNet) else "selfsup"
+            raise SelfSupError(f"backbone {encoder.name!r} is not a {format} model; export it with --format {other}")
+        recipe = net.recipe()
+        how = {"library": format, "build": recipe["build"],
+               "load": f"m.load_state_dict(safetensors.torch.load_file({str(path)!r}))",
+               "input": f"[0, 1] images (N, C, H, W), then (x - mean) / std per channel; {recipe['input']}",
+               "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist(),
+               "output": f"(N, {encoder.num_features}) features, the classifier removed"}
+        checkpoint.save_state_file(path, net.library_model.state_dict())
+        checkpoint.atomic_write_text(path.with_suffix(".json"), json.dumps(how, indent=2))
     return path
 
 
+def _check_output(path: Path, *, overwrite: bool, folder: bool, source: str | Path | None) -> None:
+    """Refuse to replace what should not be replaced (see :func:`export_encoder`)."""
+    if source is not None:
+        src = Path(source)
+        read = src / checkpoint.CHECKPOINT if src.is_dir() else src
+        if path.exists() and read.exists() and path.resolve() == read.resolve():
+            raise SelfSupError(f"{path} is the checkpoint being exported; choose another --out")
+    if path.is_dir() and not folder:
+        raise SelfSupError(f"{path} is a folder; give --out a file name, e.g. {path / 'encoder.safetensors'}")
+    if path.exists() and not overwrite:
+        raise SelfSupError(f"{path} already exists; choose another --out or add --overwrite")
+
+
 def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
-    """Rebuild the encoder from a run folder, a checkpoint or an exported ``encoder.pt``.
+    """Rebuild the encoder from a run folder, a checkpoint or an exported encoder.
 
     Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) -- or
     token ids (N, L) -- to (N, D).  A Hugging Face model folder (a text export, or any
-    local BERT-family model) loads as a text encoder.
+    local BERT-family model) loads as a text encoder.  In a run folder the checkpoint is
+    read first; when it is unreadable, the exported encoder beside it is used, with a
+    warning.
     """
     p = Path(path)
+    dev = select_device(device or "auto")
     if p.is_dir() and (p / "config.json").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
-        return TextEncoder.from_pretrained(p).to(select_device(device or "auto"))  # a Hugging Face folder
-    if p.is_dir() and (p / "encoder.pt").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
-        p = p / "encoder.pt"
-    ckpt = checkpoint.load_checkpoint(p)
-    enc = rebuild_encoder(ckpt["encoder"], checkpoint.encoder_state(ckpt))
-    return enc.to(select_device(device or "auto"))
+        return TextEncoder.from_pretrained(p).to(dev)  # a Hugging Face folder
+    candidates = [p / f for f in (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt")] if p.is_dir() else [p]
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise SelfSupError(f"{str(p)!r} not found or holds no checkpoint; pass a run folder or an encoder file")
+    for i, file in enumerate(found):
+        try:
+            spec, state = checkpoint.read_encoder(file)
+            return _rebuild(spec, state, file).to(dev)
+        except SelfSupError as err:
+            if i + 1 == len(found):
+                raise
+            warnings.warn(f"{file} is unusable ({err}); using {found[i + 1]}", stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+def _rebuild(spec: Any, state: dict, source: Path) -> torch.nn.Module:
+    """:func:`rebuild_encoder` with a one-line error for a spec or weights that do not fit."""
+    try:
+        enc = rebuild_encoder(spec, state)
+    except SelfSupError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise SelfSupError(f"{source} does not describe an encoder this selfsup can build ({first})") from None
+    bad = first_nonfinite(enc)
+    if bad is not None:
+        raise SelfSupError(f"{source} holds non-finite values ({bad}); it cannot give meaningful features")
+    return enc
 
 
 def label_efficiency(encoder: Encoder | str | Path, data: Any = "shapes", cfg=None, *,
@@ -425,14 +571,19 @@ def load_method(path: str | Path | dict) -> Method:
 
 
 def _run_method(encoder: Any) -> Method | None:
-    """The method of the run ``encoder`` names, when that method has held-out metrics."""
+    """The method of the run ``encoder`` names (a run folder or its ``last.pt``), when that
+    method has held-out metrics of its own; None otherwise."""
     if isinstance(encoder, torch.nn.Module):
         return None
     p = Path(encoder)
-    ckpt_path = p / checkpoint.CHECKPOINT if p.is_dir() else p
-    if not ckpt_path.is_file() or p.suffix not in ("", ".pt") or (p.is_dir() and (p / "config.json").is_file()):
+    if p.is_dir():  # the run's config says which method, without reading the checkpoint
+        if not (p / "config.yaml").is_file() or not (p / checkpoint.CHECKPOINT).is_file():
+            return None
+        name = (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("method")
+        return load_method(p) if name in METHODS and hasattr(METHODS.get(name), "heldout_metrics") else None
+    if not p.is_file() or not checkpoint.is_torch_file(p):
         return None
-    saved = checkpoint.load_checkpoint(ckpt_path)
+    saved = checkpoint.load_checkpoint(p)
     if saved["format"] != checkpoint.FORMAT or not hasattr(METHODS.get(saved["config"]["method"]), "heldout_metrics"):
         return None
     return load_method(saved)
@@ -440,22 +591,39 @@ def _run_method(encoder: Any) -> Method | None:
 
 def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
           split: str = "train", progress: bool = True, chunk: int = 4096, amp: bool = True,
-          text: TextOptions | None = None) -> dict[str, Path]:
-    """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table.
+          text: TextOptions | None = None, overwrite: bool = False) -> dict[str, Path]:
+    """Write embeddings (N, D), labels and ids as .npy, and all of them as a CSV table
+    (``csv`` quoting: ids may hold commas, quotes and newlines).
 
     Everything is streamed: embeddings go batch by batch into a memory-mapped ``.npy``,
-    ids and CSV rows ``chunk`` at a time, so memory does not grow with the data."""
-    from numpy.lib.format import open_memmap
-
+    ids and CSV rows ``chunk`` at a time, so memory does not grow with the data.  The files
+    are written in a temporary folder inside ``out_dir`` and moved into place at the end;
+    earlier embeddings there are replaced only with ``overwrite``."""
+    out = Path(out_dir)
+    names = {"embeddings": "embeddings.npy", "labels": "labels.npy", "ids": "ids.npy", "table": "embeddings.csv"}
+    held = [n for n in names.values() if (out / n).exists()]
+    if held and not overwrite:
+        raise SelfSupError(f"{out} already holds {', '.join(held)}; choose another --out or add --overwrite")
     enc = _as_encoder(encoder)
     ds = dataset_for(enc, data, text)
     part = ds.train if split == "train" else ds.test
     if part is None:
         raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"embeddings": out / "embeddings.npy", "labels": out / "labels.npy",
-             "ids": out / "ids.npy", "table": out / "embeddings.csv"}
+    tmp = out / f".embed-{os.getpid()}.partial"
+    tmp.mkdir(exist_ok=True)
+    try:
+        _write_embeddings(enc, part, {k: tmp / n for k, n in names.items()}, progress=progress, chunk=chunk, amp=amp)
+        for n in names.values():
+            os.replace(tmp / n, out / n)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {k: out / n for k, n in names.items()}
+
+
+def _write_embeddings(enc, part, paths: dict[str, Path], *, progress: bool, chunk: int, amp: bool) -> None:
+    from numpy.lib.format import open_memmap
+
     n, d = len(part), enc.num_features
     feats = open_memmap(paths["embeddings"], mode="w+", dtype=np.float32, shape=(n, d))
     extract_features(enc, part, progress=progress, out=feats, amp=amp)
@@ -473,7 +641,6 @@ def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
                 table.writerow([name, int(part.labels[i]), *(f"{v:.6g}" for v in row)])
     ids.flush()
     del feats, ids
-    return paths
 
 
 SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed", "alignment", "relative_alignment",
@@ -531,3 +698,52 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
             images = shown.read(np.arange(len(shown)))  # (<= 2000, H, W, C)
             plots.retrieval_grid(images[:8], images[nn_idx], out / "retrieval.png")
     return result
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, *, summarize: bool = True,
+           log: Callable[[str], None] = print) -> Path:
+    """Write ``RUN/report.html`` (:func:`selfsup.output.report.write_report`), leading with
+    the run's summary: kNN on its own data's test split against the same encoder at random
+    initialisation, and a 2-D map of the test embeddings.  They are computed once (saved
+    as ``summary.json`` and ``summary_map.png``) when the run has labelled data to compute
+    them on; otherwise the report says how to add an evaluation."""
+    from selfsup.output import plots
+    from selfsup.output.report import SUMMARY, SUMMARY_MAP, write_report
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise SelfSupError(f"no run folder at {run}")
+    if summarize and not (run / SUMMARY).is_file() and (run / "config.yaml").is_file():
+        summary = _summary(run, log)
+        if summary is not None:
+            result, xy, labels, classes = summary
+            checkpoint.atomic_write_text(run / SUMMARY, json.dumps(result, indent=2))
+            if xy is not None:
+                plots.embedding_map({"t-SNE of the test embeddings": xy}, labels, classes, run / SUMMARY_MAP)
+    return write_report(run, out)
+
+
+def _summary(run: Path, log: Callable[[str], None]):
+    from selfsup.eval.label_efficiency import fresh_copy
+    from selfsup.output import plots
+
+    cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    if cfg.data.source.startswith(PYTHON_SOURCE):
+        return {"note": "the run was trained on a Python object: evaluate it with selfsup.evaluate(run, data)"}, \
+            None, None, None
+    enc = load_encoder(run, device="cpu")
+    ds = dataset_for(enc, cfg.data.source, text_options(cfg))
+    if not ds.train.has_labels:
+        return {"note": f"{ds.name} has no labels: evaluate the run on a labelled source with selfsup evaluate"}, \
+            None, None, None
+    log(f"summarising {run}: kNN on {ds.name} against random init ...")
+    ds = labelled_with_test(ds, "summarise")
+    knn = _frozen_probes(enc, ds, k=20, temperature=0.07, linear=False, progress=False, amp=True)
+    rnd = _frozen_probes(fresh_copy(enc, cfg.train.seed).eval(), ds, k=20, temperature=0.07, linear=False,
+                         progress=False, amp=True)
+    result = {"data": ds.name, "test_split": ds.test_origin, "knn_top1": knn["knn_top1"],
+              "random_init_knn_top1": rnd["knn_top1"], "knn_protocol": knn["knn_protocol"]}
+    sub = np.random.default_rng(0).permutation(len(ds.test))[:1000]
+    shown = ds.test.subset(np.sort(sub))
+    xy = plots.project_2d(extract_features(enc, shown).numpy(), "tsne")
+    return result, xy, shown.labels, ds.train.classes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from selfsup.errors import SelfSupError
 
@@ -44,7 +45,8 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled data", parents=[_text_reading()],
                        description="Pretrain an encoder on unlabeled images or text with a self-supervised method.",
                        epilog=EPILOG)
-    p.add_argument("--method", default="simclr", help="self-supervised method (see `selfsup list`); default simclr")
+    p.add_argument("--method", help="self-supervised method (see `selfsup list`); default simclr, or the run's own "
+                                    "with --resume")
     p.add_argument("--data", help="data source: shapes | digits | folder:PATH | hf:PATH | cifar10:PATH | "
                                   "stl10:PATH; text: lang | pydoc | text:PATH (default: the preset's, shapes "
                                   "for image methods, lang for mlm)")
@@ -60,9 +62,10 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed for weights, data order and augmentation")
     p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda | cuda:N")
     p.add_argument("--max-steps", type=int, help="stop after N steps with a checkpoint (resume later)")
-    p.add_argument("--out", help="run folder for config, metrics.jsonl, last.pt and encoder.pt "
+    p.add_argument("--out", help="run folder for config, metrics.jsonl, last.pt and encoder.safetensors "
                                  "(default runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never done without it)")
     p.add_argument("--strict", action="store_true", help="unreadable image or text files are an error, not skipped")
     p.add_argument("--init", help="text: start from this local Hugging Face model folder (BERT family) and its "
                                   "tokenizer, and continue MLM pretraining on --data")
@@ -95,15 +98,20 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", default="train", choices=["train", "test"], help="which split (default train)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
+    p.add_argument("--overwrite", action="store_true", help="replace embeddings already in --out")
 
-    p = sub.add_parser("export", help="export the encoder of a run as a standalone file or folder",
-                       description="Save the encoder alone: a selfsup .pt file (load it with "
-                                   "selfsup.load_encoder(path)), or for text encoders a Hugging Face folder that "
+    p = sub.add_parser("export", help="export the encoder of a run: selfsup, torchvision, timm or Hugging Face",
+                       description="Save the encoder alone. selfsup (default): one .safetensors file whose "
+                                   "header holds the spec (load it with selfsup.load_encoder(path); nothing is "
+                                   "unpickled). torchvision / timm: the plain state dict of the library's own model "
+                                   "as .safetensors, with how to build and feed that model printed and saved next "
+                                   "to it. hf (text encoders, the default for them): a folder that "
                                    "transformers.AutoModel / AutoTokenizer load offline.")
     p.add_argument("run", help="run folder or checkpoint")
-    p.add_argument("--out", required=True, help="output .pt file, or folder for --format hf")
-    p.add_argument("--format", choices=["selfsup", "hf"], help="selfsup (.pt) or hf (Hugging Face folder); "
-                                                               "default hf for text encoders, selfsup otherwise")
+    p.add_argument("--out", required=True, help="output .safetensors file, or folder for --format hf")
+    p.add_argument("--format", choices=["selfsup", "torchvision", "timm", "hf"],
+                   help="default: hf for text encoders, selfsup otherwise")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never done without it)")
 
 
 def _add_label_efficiency(sub) -> None:
@@ -145,10 +153,13 @@ def _add_inspect_report(sub) -> None:
     p.add_argument("--out", help="output folder (default: the run folder)")
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run",
-                       description="Write RUN/report.html: config, environment, training curves, every "
-                                   "JSON result and PNG picture in the run folder, all embedded.")
+                       description="Write RUN/report.html: the run's summary first (method, data, kNN against "
+                                   "random init and a 2-D map, computed once when missing), then training "
+                                   "curves, every JSON result and PNG picture in the run folder, the environment "
+                                   "and the config, all embedded.")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", help="output .html file (default RUN/report.html)")
+    p.add_argument("--no-summary", action="store_true", help="do not compute the kNN summary and map when missing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/demo, runs/demo-text with --text)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default from the demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline in about a minute")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     return parser
 
 
@@ -195,9 +207,11 @@ def cmd_pretrain(a) -> None:
                    optimizer=a.optimizer, image_size=a.image_size, num_train=a.num_train, seed=a.seed,
                    device=a.device, max_steps=a.max_steps, out_dir=a.out,
                    progress=False if a.no_progress else None)
-    last = run.history[-1] if run.history else {}
-    print(f"done: {run.run_dir} (final loss {last.get('loss', float('nan')):.4f}); "
-          f"encoder in {run.run_dir / 'encoder.pt'}")
+    if not run.history:
+        print(f"done: nothing trained; encoder in {run.run_dir / 'encoder.safetensors'}")
+        return
+    print(f"done: {run.run_dir} (final loss {run.history[-1]['loss']:.4f}); "
+          f"encoder in {run.run_dir / 'encoder.safetensors'}")
 
 
 def cmd_evaluate(a) -> None:
@@ -252,7 +266,7 @@ def cmd_list(_a) -> None:
     from selfsup.data import DATASETS
     from selfsup.methods import METHODS
 
-    w = max(len(n) for reg in (METHODS, BACKBONES, DATASETS) for n in reg)
+    w = max([len("torchvision:NAME")] + [len(n) for reg in (METHODS, BACKBONES, DATASETS) for n in reg])
     print("methods:")
     for n in METHODS:
         presets = ", ".join(sorted(METHODS.get(n).presets))
@@ -260,48 +274,73 @@ def cmd_list(_a) -> None:
     print("backbones:")
     for n in BACKBONES:
         print(f"  {n:{w}s}  {BACKBONES.help(n)}")
+    print(f"  {'timm:NAME':{w}s}  any timm model by name, e.g. timm:resnet18 (pooled features, classifier removed)")
+    print(f"  {'torchvision:NAME':{w}s}  any torchvision classification model, e.g. torchvision:mobilenet_v3_small")
     print("data sources:")
     for n in DATASETS:
         print(f"  {n:{w}s}  {DATASETS.help(n)}")
 
 
+def cmd_embed(a) -> None:
+    from selfsup.api import embed
+
+    paths = embed(a.run, a.data, a.out, split=a.split, amp=not a.no_amp, text=_text_options(a), overwrite=a.overwrite)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_export(a) -> None:
+    from selfsup.api import export_encoder, load_encoder
+
+    enc = load_encoder(a.run, device="cpu")
+    path = export_encoder(enc, a.out, format=a.format, overwrite=a.overwrite, source=a.run)
+    print(f"wrote {path}")
+    how = path.with_suffix(".json")
+    if a.format in ("torchvision", "timm") and how.is_file():
+        recipe = json.loads(how.read_text())
+        print("load it with:\n  " + "\n  ".join([*recipe["build"], recipe["load"]]))
+        print(f"input: {recipe['input']}; mean {recipe['mean']}, std {recipe['std']} (also in {how})")
+
+
+def cmd_report(a) -> None:
+    from selfsup.api import report
+
+    print(f"wrote {report(a.run, a.out, summarize=not a.no_summary)}")
+
+
+def cmd_demo(a) -> None:
+    from selfsup.demo import run_demo
+
+    run_demo(a.out or ("runs/demo-text" if a.text else "runs/demo"), epochs=a.epochs, quick=a.quick, text=a.text,
+             overwrite=a.overwrite)
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "embed": cmd_embed, "export": cmd_export,
+            "label-efficiency": cmd_label_efficiency, "inspect": cmd_inspect, "report": cmd_report,
+            "list": cmd_list, "demo": cmd_demo}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # a user-facing warning is one line, without a source path
     try:
-        if args.command == "pretrain":
-            cmd_pretrain(args)
-        elif args.command == "evaluate":
-            cmd_evaluate(args)
-        elif args.command == "embed":
-            from selfsup.api import embed
-
-            paths = embed(args.run, args.data, args.out, split=args.split, amp=not args.no_amp,
-                          text=_text_options(args))
-            print("wrote " + ", ".join(str(p) for p in paths.values()))
-        elif args.command == "export":
-            from selfsup.api import export_encoder, load_encoder
-            from selfsup.models import TextEncoder
-
-            enc = load_encoder(args.run, device="cpu")
-            fmt = args.format or ("hf" if isinstance(enc, TextEncoder) and not args.out.endswith(".pt") else "selfsup")
-            print(f"wrote {export_encoder(enc, args.out, format=fmt)}")
-        elif args.command == "label-efficiency":
-            cmd_label_efficiency(args)
-        elif args.command == "inspect":
-            cmd_inspect(args)
-        elif args.command == "report":
-            from selfsup.output.report import write_report
-
-            print(f"wrote {write_report(args.run, args.out)}")
-        elif args.command == "list":
-            cmd_list(args)
-        elif args.command == "demo":
-            from selfsup.demo import run_demo
-
-            run_demo(args.out or ("runs/demo-text" if args.text else "runs/demo"), epochs=args.epochs, quick=args.quick, text=args.text)
+        COMMANDS[args.command](args)
     except SelfSupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only or full disk, a folder where a file was expected, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot read or write{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted twice: stopped without writing; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = formatwarning
     return 0
 
 

@@ -63,6 +63,7 @@ class TrainConfig:
     log_every: int = 10                # write a metrics line every n steps
     max_steps: int | None = None       # stop (and checkpoint) after this many steps; resume later
     progress: bool = True              # show a progress bar
+    tensorboard: bool = False          # also log the metrics as TensorBoard events in RUN/tensorboard (pip install tensorboard)
 
 
 @dataclass
@@ -74,7 +75,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method_cfg: dict[str, Any] = field(default_factory=dict)    # the method's own options
     backbone_cfg: dict[str, Any] = field(default_factory=dict)  # extra backbone builder kwargs
-    init: str | None = None            # text: start from this local Hugging Face model folder (continued pretraining)
+    init: str | None = None            # start from: text, a local Hugging Face model folder; images, a weights file (export or state dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

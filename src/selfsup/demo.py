@@ -39,7 +39,7 @@ DEMOS = {  # what each demo pretrains, and what its table compares
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, quick: bool = False,
-             text: bool = False, log=print) -> dict:
+             text: bool = False, overwrite: bool = False, log=print) -> dict:
     demo = DEMOS["text" if text else "image"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
     epochs = epochs or (1 if quick else demo["epochs"])
     num_train = 2000 if quick else None
     run = pretrain(demo["method"], demo["data"], out_dir=str(out / "pretrain"), epochs=epochs, num_train=num_train,
-                   log=log)
+                   overwrite=overwrite, log=log)
     t_pretrain = time.perf_counter() - t0
     ds, cfg = run.dataset, run.config
     test = ds.test

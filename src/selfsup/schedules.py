@@ -11,7 +11,16 @@ import numpy as np
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
     """Linear warm-up from ``warmup_start`` reaching ``base`` at the last warm-up step, then
-    a cosine from ``base`` to ``final`` over the remaining steps. Shape ``(total_steps,)``."""
+    a cosine from ``base`` to ``final`` over the remaining steps. Shape ``(total_steps,)``.
+
+    Against the authors' schedules (each difference is one step):
+
+    * DINO's ``cosine_scheduler`` divides by the number of cosine steps, so it stops one
+      step short of ``final`` (its teacher momentum ends at 1 - 3.7e-5 for 0.996 over
+      ~2.5k steps); here the last step is exactly ``final``;
+    * BYOL's JAX warm-up is ``base * step / warmup_steps`` and reaches ``base`` at step
+      ``warmup_steps``, one step after this one does; DINO's warm-up is this one.
+    """
     warmup_steps = min(warmup_steps, total_steps)
     warm = np.linspace(warmup_start, base, warmup_steps) if warmup_steps else np.zeros(0)
     rest = total_steps - warmup_steps

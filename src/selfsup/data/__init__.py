@@ -26,7 +26,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -290,6 +290,22 @@ def hold_out_test(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
     kept, held = stratified_split(np.asarray(ds.train.labels), fraction, seed)
     return Dataset(name=ds.name, train=ds.train.subset(kept), test=ds.train.subset(held),
                    test_origin=f"{fraction:.0%} of the training images held out (stratified, seed {seed})")
+
+
+def walk_files(directory: Path, keep: Callable[[str], bool]) -> list[Path]:
+    """Files whose name ``keep`` accepts at any depth below ``directory``, sorted; hidden
+    folders are skipped and symbolic links followed, but a folder reached twice (a link
+    loop such as ``ln -s . loop``, or two links to one place) is read once."""
+    found, seen = [], set()
+    for parent, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # prunes and orders the walk
+        found += [Path(parent, f) for f in filenames if keep(f)]
+    return sorted(found)
 
 
 def default_cache_dir() -> Path:

@@ -22,14 +22,13 @@ Ids are paths relative to PATH, with forward slashes.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data import DATASETS, Dataset, ImageSet, cache, check_path, default_cache_dir, random_subset
+from selfsup.data import DATASETS, Dataset, ImageSet, cache, check_path, default_cache_dir, random_subset, walk_files
 from selfsup.errors import SelfSupError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -47,12 +46,9 @@ def _is_image(name: str) -> bool:
 
 
 def _image_files(directory: Path) -> list[Path]:
-    """Image files at any depth below ``directory``, in a stable (sorted) order."""
-    found = []
-    for parent, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))  # prunes and orders the walk
-        found += [Path(parent, f) for f in filenames if _is_image(f)]
-    return sorted(found)
+    """Image files at any depth below ``directory``, in a stable (sorted) order, each
+    folder once however many links lead to it."""
+    return walk_files(directory, _is_image)
 
 
 def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
@@ -62,7 +58,10 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[Path], list[
     an extra class folder here is an error.
     """
     entries = sorted(p for p in split_dir.iterdir() if _visible(p.name))
-    class_files = {p.name: _image_files(p) for p in entries if p.is_dir()}
+    here = split_dir.resolve()
+    # a sub-folder that links back to this folder or above it (``ln -s . loop``) is not a class
+    folders = [p for p in entries if p.is_dir() and not (p.resolve() == here or p.resolve() in here.parents)]
+    class_files = {p.name: _image_files(p) for p in folders}
     class_files = {name: files for name, files in class_files.items() if files}
     if classes is None:
         classes = sorted(class_files)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from selfsup.data import DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir
+from selfsup.data import DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir, walk_files
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.errors import SelfSupError
 
@@ -218,7 +218,7 @@ def _label(value: Any) -> Any:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    return walk_files(root, lambda name: not name.startswith(".") and name.endswith(SUFFIXES))
 
 
 def _read_split(root: Path, opt: TextOptions, strict: bool) -> RawText:

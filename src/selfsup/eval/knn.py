@@ -3,7 +3,9 @@
 Features are L2-normalised; each test point takes its ``k`` most cosine-similar training
 points, which vote for their class with weight ``exp(sim / T)``.  Defaults k=20,
 T=0.07 (DINO); MoCo's CIFAR monitor uses k=200, T=0.1.  Works for any number of test
-points, and for fewer training points than ``k``.
+points, for fewer training points than ``k``, for features of any float dtype and on
+any device (the votes are counted where the training features are; predictions come
+back on the CPU).
 """
 from __future__ import annotations
 
@@ -17,16 +19,17 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
                 chunk: int = 1024) -> torch.Tensor:
     """Predicted labels ``(M,)`` for ``test_feats`` (M, D) from ``train_feats`` (N, D)."""
     train = F.normalize(train_feats.float(), dim=1)
-    labels = train_labels.long()
+    labels = train_labels.long().to(train.device)
     c = int(num_classes or int(labels.max()) + 1)
     k = min(k, len(train))
     preds = []
     for s in range(0, len(test_feats), chunk):
-        q = F.normalize(test_feats[s:s + chunk].float(), dim=1)
+        q = F.normalize(test_feats[s:s + chunk].float().to(train.device), dim=1)
         sims, idx = (q @ train.T).topk(k, dim=1)  # (m, k)
         weights = (sims / temperature).exp()
-        votes = torch.zeros(len(q), c).scatter_add_(1, labels[idx], weights)  # (m, c)
-        preds.append(votes.argmax(dim=1))
+        votes = torch.zeros(len(q), c, dtype=weights.dtype, device=weights.device)
+        votes.scatter_add_(1, labels[idx], weights)  # (m, c)
+        preds.append(votes.argmax(dim=1).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 

@@ -13,7 +13,9 @@ demonstrate; the ``z_std`` log (normalised std of the online projections) lets t
 engine's collapse monitor see it.
 
 Target EMA after each optimizer step with ``tau_k = 1 - (1 - tau_0)(cos(pi k / K) + 1) / 2``
-(k the step, K the run's total steps): tau_0 at the start, 1 at the end.  Parameters
+(k the step, K the run's total steps): tau_0 at the start, 1 at the end.  The LR warm-up
+is the engine's: it reaches the base LR at the last warm-up step, one step before the
+authors' JAX code does (see :func:`selfsup.schedules.cosine_schedule`).  Parameters
 only: the target runs in training mode (batch statistics) and keeps its own BN buffers.
 
 Views are asymmetric (view 1 always blurred, view 2 sometimes solarized; no blur at

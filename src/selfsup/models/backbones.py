@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from selfsup.errors import SelfSupError
 from selfsup.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -68,8 +69,15 @@ class Encoder(nn.Module):
         return self.net.forward_tokens(self.normalize(x))
 
 
+def backbone_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of a registered backbone, or of ``torchvision:ARCH`` / ``timm:NAME``."""
+    return library_backbone(name) or BACKBONES.get(name)
+
+
 def modality(name: str) -> str:
     """What backbone ``name`` takes: "image" (the default) or "text"."""
+    if library_backbone(name) is not None:
+        return "image"
     return BACKBONES.meta(name).get("modality", "image")
 
 
@@ -80,7 +88,7 @@ def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
     :class:`Encoder` with the normalisation ``mean``/``std``; a text backbone (see
     :mod:`selfsup.models.text`) takes ``tokenizer``, ``max_length`` and its shape in
     ``kwargs`` and is its own encoder."""
-    builder: Callable[..., nn.Module] = BACKBONES.get(name)
+    builder = backbone_builder(name)
     if modality(name) == "text":
         return builder(**kwargs)
     net = builder(in_chans=in_chans, image_size=image_size, **kwargs)
@@ -142,38 +150,133 @@ def small_cnn(*, in_chans: int, image_size: int, width: int = 16) -> nn.Module:
     return SmallCNN(in_chans, image_size, width)
 
 
-# --- torchvision ResNets --------------------------------------------------------------
+# --- torchvision and timm models ----------------------------------------------------
+
+CLASSIFIER_NAMES = ("fc", "classifier", "heads", "head")  # where torchvision keeps a model's classifier
 
 
-class TorchvisionResNet(nn.Module):
-    """A torchvision ResNet without its classifier; CIFAR stem for small images.
+class LibraryNet(nn.Module):
+    """Base of the backbones that are a library's own model (``library_model``): they
+    export that model's plain state dict and say how to rebuild and feed it (``recipe``)."""
 
-    For inputs of at most 64 px the first conv becomes 3x3 stride 1 and the max-pool is
-    removed (the CIFAR recipe of SimCLR/MoCo), otherwise the ImageNet stem is kept.
-    Weights are randomly initialised: nothing is downloaded.
+    library = ""  # "torchvision" or "timm"
+
+    @property
+    def library_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def recipe(self) -> dict:
+        raise NotImplementedError
+
+
+class TorchvisionNet(LibraryNet):
+    """A torchvision classification model without its classifier (``fc``, ``classifier``
+    or ``heads`` becomes ``Identity``; ``num_features`` is that classifier's input).
+
+    ResNets get the CIFAR stem for inputs of at most 64 px (first conv 3x3 stride 1, no
+    max-pool: the recipe of SimCLR/MoCo), and a first conv for ``in_chans`` when it is not
+    3; other models take grey images repeated to 3 channels.  Weights are randomly
+    initialised: nothing is downloaded.
     """
+
+    library = "torchvision"
 
     def __init__(self, arch: str, in_chans: int, image_size: int):
         super().__init__()
-        net = getattr(torchvision.models, arch)(weights=None)
-        if image_size <= 64:
-            net.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
+        model = torchvision.models.get_model(arch, weights=None)
+        self.arch, self.edits, self.repeat = arch, [], 1
+        if arch.startswith(("resnet", "resnext", "wide_resnet")):
+            width = model.conv1.out_channels
+            if image_size <= 64:
+                model.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
+                model.maxpool = nn.Identity()
+                self.edits = [f"m.conv1 = torch.nn.Conv2d({in_chans}, {width}, 3, stride=1, padding=1, bias=False)",
+                              "m.maxpool = torch.nn.Identity()"]
+            elif in_chans != 3:
+                model.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
+                self.edits = [f"m.conv1 = torch.nn.Conv2d({in_chans}, {width}, 7, stride=2, padding=3, bias=False)"]
         elif in_chans != 3:
-            net.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
-        self.num_features = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
+            self.repeat = 3 // in_chans
+        name = next((n for n in CLASSIFIER_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
+        if name is None:
+            raise SelfSupError(f"torchvision:{arch} has no classifier named {' / '.join(CLASSIFIER_NAMES)}; "
+                               "it is not a classification model")
+        head = getattr(model, name)
+        linear = head if isinstance(head, nn.Linear) else next(m for m in head.modules() if isinstance(m, nn.Linear))
+        self.num_features = linear.in_features
+        setattr(model, name, nn.Identity())
+        self.edits.append(f"m.{name} = torch.nn.Identity()")
+        self.net = model  # the attribute name keeps the parameter names of earlier runs
+
+    @property
+    def library_model(self) -> nn.Module:
+        return self.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.repeat > 1:
+            x = x.repeat(1, self.repeat, 1, 1)  # grey -> RGB
         return self.net(x)  # (N, num_features)
+
+    def recipe(self) -> dict:
+        return {"build": [f"m = torchvision.models.{self.arch}(weights=None)", *self.edits],
+                "input": "grey images repeated to 3 channels" if self.repeat > 1 else "as the encoder"}
+
+
+class TimmNet(LibraryNet):
+    """Any timm model, ``timm.create_model(NAME, num_classes=0, in_chans=...)`` (and
+    ``img_size`` for models that take one): pooled features, ``num_features`` from timm."""
+
+    library = "timm"
+
+    def __init__(self, name: str, in_chans: int, image_size: int, **kwargs):
+        super().__init__()
+        import timm
+
+        self.timm_name, self.timm_kwargs = name, {"num_classes": 0, "in_chans": in_chans, **kwargs}
+        try:
+            self.model = timm.create_model(name, pretrained=False, img_size=image_size, **self.timm_kwargs)
+            self.timm_kwargs["img_size"] = image_size
+        except TypeError:  # a model without an input size (CNNs)
+            self.model = timm.create_model(name, pretrained=False, **self.timm_kwargs)
+        self.num_features = self.model.num_features
+
+    @property
+    def library_model(self) -> nn.Module:
+        return self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (N, num_features)
+
+    def recipe(self) -> dict:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.timm_kwargs.items())
+        return {"build": [f"m = timm.create_model({self.timm_name!r}, pretrained=False, {args})"],
+                "input": "as the encoder"}
+
+
+def library_backbone(name: str) -> Callable[..., nn.Module] | None:
+    """The builder of ``torchvision:ARCH`` or ``timm:NAME``, None for other names; an
+    unknown model is a one-line error."""
+    prefix, _, model = name.partition(":")
+    if prefix == "torchvision" and model:
+        known = torchvision.models.list_models(module=torchvision.models)
+        if model not in known:
+            raise SelfSupError(f"torchvision has no classification model {model!r}; e.g. "
+                               f"{', '.join(k for k in known if k.startswith('res'))}")
+        return lambda *, in_chans, image_size: TorchvisionNet(model, in_chans, image_size)
+    if prefix == "timm" and model:
+        import timm
+
+        if not timm.is_model(model):
+            raise SelfSupError(f"timm has no model {model!r}; `timm.list_models('*{model[:4]}*')` lists similar ones")
+        return lambda *, in_chans, image_size, **kw: TimmNet(model, in_chans, image_size, **kw)
+    return None
 
 
 @BACKBONES.register("resnet18", help="torchvision ResNet-18, 512-d (CIFAR stem at <= 64 px)")
 def resnet18(*, in_chans: int, image_size: int) -> nn.Module:
-    return TorchvisionResNet("resnet18", in_chans, image_size)
+    return TorchvisionNet("resnet18", in_chans, image_size)
 
 
 @BACKBONES.register("resnet50", help="torchvision ResNet-50, 2048-d (CIFAR stem at <= 64 px)")
 def resnet50(*, in_chans: int, image_size: int) -> nn.Module:
-    return TorchvisionResNet("resnet50", in_chans, image_size)
+    return TorchvisionNet("resnet50", in_chans, image_size)

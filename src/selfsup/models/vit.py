@@ -13,7 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from selfsup.models.backbones import BACKBONES
+from selfsup.models.backbones import BACKBONES, LibraryNet
 
 
 def default_patch_size(image_size: int) -> int:
@@ -27,8 +27,12 @@ def default_patch_size(image_size: int) -> int:
     return 2
 
 
-class ViT(nn.Module):
-    """timm VisionTransformer with a CLS token; ``forward`` returns the normed CLS token."""
+class ViT(LibraryNet):
+    """timm VisionTransformer with a CLS token; ``forward`` returns the normed CLS token,
+    which is what ``timm.create_model(..., num_classes=0)`` returns too (exportable as a
+    timm state dict)."""
+
+    library = "timm"
 
     def __init__(self, in_chans: int, image_size: int, embed_dim: int, depth: int,
                  num_heads: int, patch_size: int | None = None, drop_path: float = 0.0):
@@ -38,12 +42,20 @@ class ViT(nn.Module):
         self.patch_size = patch_size or default_patch_size(image_size)
         if image_size % self.patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch {self.patch_size}")
-        self.vit = VisionTransformer(
-            img_size=image_size, patch_size=self.patch_size, in_chans=in_chans,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, num_classes=0,
-            drop_path_rate=drop_path, dynamic_img_size=True,
-        )
+        self.timm_kwargs = dict(img_size=image_size, patch_size=self.patch_size, in_chans=in_chans,
+                                embed_dim=embed_dim, depth=depth, num_heads=num_heads, num_classes=0,
+                                dynamic_img_size=True)
+        self.vit = VisionTransformer(**self.timm_kwargs, drop_path_rate=drop_path)
         self.num_features = embed_dim
+
+    @property
+    def library_model(self) -> nn.Module:
+        return self.vit
+
+    def recipe(self) -> dict:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.timm_kwargs.items())
+        return {"build": [f"m = timm.models.vision_transformer.VisionTransformer({args})"],
+                "input": "as the encoder"}
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_features(x)  # (N, 1 + L, D), after the final norm

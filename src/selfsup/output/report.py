@@ -4,13 +4,17 @@ was measured, and every picture.
 :func:`write_report` reads a run folder (as written by ``selfsup pretrain`` and the
 evaluation commands) and writes ``RUN/report.html``:
 
-* ``config``: ``config.yaml`` as written;
-* ``env``: ``env.json`` (versions, hardware) as a table;
+* ``summary``: what a reader came for -- method, backbone and data, how long it trained,
+  kNN accuracy against the same encoder at random initialisation and the embedding map
+  (``summary.json`` and ``summary_map.png``, which :func:`selfsup.api.report` computes
+  when they are missing), or a line saying how to add them;
 * ``curves``: training curves drawn from ``metrics.jsonl`` (:func:`selfsup.plots.training_curves`);
 * ``results``: every other ``*.json`` in the folder (``eval.json``, ``inspect.json``,
   ``label_efficiency.json``, ...): dicts as key/value tables (nested dicts nest), lists
   of dicts as tables with one row each;
-* ``images``: every ``*.png`` in the folder and its sub-folders.
+* ``images``: every other ``*.png`` in the folder and its sub-folders;
+* ``env``: ``env.json`` (versions, hardware) as a table;
+* ``config``: ``config.yaml`` as written.
 
 The page needs nothing outside itself: images are embedded as base64 ``data:`` URIs,
 styles are inline, and a Content-Security-Policy forbids loading anything else.  One
@@ -28,7 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-SECTIONS = ("config", "env", "curves", "results", "images")
+SECTIONS = ("summary", "curves", "results", "images", "env", "config")
+SUMMARY, SUMMARY_MAP = "summary.json", "summary_map.png"
 MAX_IMAGE_BYTES = 20 * 2**20  # larger PNGs are listed, not embedded
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -128,6 +133,36 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, f"could not read {path.name}: {err}"
 
 
+def _summary_section(run: Path) -> str:
+    import yaml
+
+    cfg = {}
+    if (run / "config.yaml").is_file():
+        try:
+            cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            cfg = {}
+    data, err = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else (None, None)
+    if not cfg and data is None:
+        return ""
+    facts = {"method": cfg.get("method"), "backbone": cfg.get("backbone"),
+             "data": (cfg.get("data") or {}).get("source"), "epochs": (cfg.get("train") or {}).get("epochs")}
+    parts = [dict_table({k: v for k, v in facts.items() if v is not None})]
+    if err:
+        parts.append(f'<p class="error">{_e(err)}</p>')
+    elif data is None:
+        parts.append("<p>No evaluation yet: <code>selfsup report RUN</code> computes kNN against random init when "
+                     "the run's data has labels; or run <code>selfsup evaluate RUN --data SOURCE</code>.</p>")
+    elif "knn_top1" in data:
+        parts.append(f"<p>kNN top-1 on {_e(data.get('data'))}: <b>{_fmt(data['knn_top1'])}</b> trained, "
+                     f"{_fmt(data.get('random_init_knn_top1'))} for the same encoder at random initialisation.</p>")
+    else:
+        parts.append(f"<p>{_e(data.get('note', ''))}</p>")
+    if (run / SUMMARY_MAP).is_file():
+        parts.append(_png_figure((run / SUMMARY_MAP).read_bytes(), "2-D map of the test embeddings by class"))
+    return "<h2>Summary</h2>" + "".join(parts)
+
+
 def _config_section(run: Path) -> str:
     path = run / "config.yaml"
     if not path.exists():
@@ -165,7 +200,7 @@ def _curves_section(run: Path) -> str:
 def _results_section(run: Path) -> str:
     parts = []
     for path in sorted(run.glob("*.json")):
-        if path.name == "env.json":
+        if path.name in ("env.json", SUMMARY):
             continue
         data, err = _read_json(path)
         body = f'<p class="error">{_e(err)}</p>' if err else json_html(data)
@@ -177,6 +212,8 @@ def _images_section(run: Path) -> str:
     parts = []
     for path in sorted(run.rglob("*.png")):
         name = path.relative_to(run).as_posix()
+        if name == SUMMARY_MAP:
+            continue
         size = path.stat().st_size
         if size > MAX_IMAGE_BYTES:
             parts.append(f"<p>{_e(name)}: {size / 2**20:.1f} MiB, too large to embed</p>")
@@ -185,8 +222,18 @@ def _images_section(run: Path) -> str:
     return "<h2>Pictures</h2>" + "".join(parts) if parts else ""
 
 
-_BUILDERS = {"config": _config_section, "env": _env_section, "curves": _curves_section,
-             "results": _results_section, "images": _images_section}
+_BUILDERS = {"summary": _summary_section, "config": _config_section, "env": _env_section,
+             "curves": _curves_section, "results": _results_section, "images": _images_section}
+
+
+def _title(run: Path) -> str:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        return f"{cfg['method']} on {cfg['data']['source']} ({cfg['backbone']}): {run.resolve().name}"
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return run.resolve().name
 
 
 def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
@@ -204,7 +251,7 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
     if unknown:
         raise ValueError(f"unknown report sections {unknown}; choose from {list(SECTIONS)}")
     out = Path(out_path) if out_path is not None else run / "report.html"
-    title = title or run.resolve().name
+    title = title or _title(run)
     body = "".join(_BUILDERS[s](run) for s in sections)
     body = body or "<p>Nothing to show: the folder has no run files.</p>"
     page = (

@@ -29,21 +29,31 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method
 from selfsup.models.runtime import choose_precision, fast_layout, keep_freed_memory, select_device
 from selfsup.schedules import cosine_schedule, lr_schedule
-from selfsup.train.checkpoint import CHECKPOINT, FORMAT, atomic_save, load_checkpoint
+from selfsup.train.checkpoint import CHECKPOINT, FORMAT, RESUME_KEYS, atomic_save, load_checkpoint, require_keys
 from selfsup.train.monitor import CollapseMonitor
 from selfsup.train.optim import build_optimizer, scaled_lr
+from selfsup.train.safety import RunLock, StopAtStepBoundary, first_nonfinite
 
 
 def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, *,
-          resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print) -> list[dict[str, float]]:
+          resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print,
+          on_start: Callable[[], None] | None = None) -> list[dict[str, float]]:
     """Pretrain ``method`` on the samples of ``data`` (an ImageSet or a TextSet, or a
     (N, H, W, C) uint8 array); returns the logged metrics.
 
     ``resume``: True continues from the run folder's last checkpoint; a checkpoint dict
-    already read with :func:`load_checkpoint` is used as is."""
-    tc, oc = cfg.train, cfg.optim
+    already read with :func:`load_checkpoint` is used as is.  The folder is locked for
+    the whole call (:class:`~selfsup.train.safety.RunLock`); ``on_start`` is called once
+    every check has passed, just before the first step (the API writes the run's
+    config there, so a run that fails to start leaves the folder as it was)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _train(method, data, cfg, run_dir, resume, log, on_start)
+
+
+def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -> list[dict[str, float]]:
+    tc, oc = cfg.train, cfg.optim
     device = select_device(tc.device)
     if device.type == "cpu":
         keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
@@ -85,14 +95,18 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
     ckpt_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        ckpt = resume if isinstance(resume, dict) else load_checkpoint(ckpt_path)
+        ckpt = require_keys(resume if isinstance(resume, dict) else load_checkpoint(ckpt_path), RESUME_KEYS, ckpt_path)
         saved = ckpt["config"]
         for key in ("method", "backbone"):
             if saved[key] != getattr(cfg, key):
                 raise SelfSupError(f"cannot resume: the run in {run_dir} used {key} {saved[key]!r}, "
                                    f"not {getattr(cfg, key)!r}")
-        method.load_state_dict(ckpt["method_state"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            method.load_state_dict(ckpt["method_state"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise SelfSupError(f"cannot resume from {ckpt_path}: its state does not fit this {cfg.method} "
+                               f"({str(err).strip().splitlines()[0][:160]})") from None
         scaler.load_state_dict(ckpt["scaler"])
         aug_gen.set_state(ckpt["aug_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -103,15 +117,21 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
         if saved_n != n:
             raise SelfSupError(f"cannot resume: the run in {run_dir} was trained on {saved_n} samples, "
                                f"this data has {n}; resume with the same data")
-        _truncate_metrics(metrics_path, step)
         log(f"resuming {run_dir} at step {step}/{total}")
         if ckpt.get("precision", precision.name) != precision.name:
             log(f"note: the run so far trained in {ckpt['precision']}, it continues in {precision.name} "
                 f"(set train.amp to keep one precision)")
-    elif metrics_path.exists():
-        metrics_path.unlink()
+
+    def last_good() -> str:
+        if ckpt_path.exists():
+            return f"the last good checkpoint {ckpt_path} is intact"
+        return "no checkpoint was written"
 
     def save_checkpoint() -> None:
+        bad = first_nonfinite(method)
+        if bad is not None:
+            raise SelfSupError(f"{bad} became non-finite by step {step}; stopped before writing, {last_good()}; "
+                               f"lower optim.base_lr or set optim.clip_grad")
         atomic_save({
             "format": FORMAT, "config": cfg.to_dict(), "step": step,
             "method_state": method.state_dict(), "optimizer": optimizer.state_dict(),
@@ -130,13 +150,25 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
         f"{steps_per_epoch} steps/epoch, {total} steps")
 
     stop_at = total if tc.max_steps is None else min(total, tc.max_steps)
+    if step >= stop_at:
+        log(f"the run in {run_dir} is already at step {step} of {stop_at}: nothing to train "
+            f"(raise --epochs to extend it)")
+        return []
+    if resume:
+        _truncate_metrics(metrics_path, step)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    board = _tensorboard(run_dir) if tc.tensorboard else None  # before anything is written: it may be missing
+    if on_start is not None:
+        on_start()
     history: list[dict[str, float]] = []
     monitor = CollapseMonitor()
     bar = _progress(total, step, tc.progress)
     t_last = t_step_end = time.perf_counter()
     seen, waited = 0, 0.0
     method.train()
-    try:
+    stop = StopAtStepBoundary()
+    with stop:
         for _, batch in loader.steps(step, stop_at):
             waited += time.perf_counter() - t_step_end  # the step waited this long for its batch
             epoch = step // steps_per_epoch
@@ -151,8 +183,7 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
             if not math.isfinite(value):
                 raise SelfSupError(
                     f"loss became {value} at step {step} (epoch {epoch}); stopped before writing, "
-                    f"the last good checkpoint {ckpt_path} is intact; lower optim.base_lr or set "
-                    f"optim.clip_grad")
+                    f"{last_good()}; lower optim.base_lr or set optim.clip_grad")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # true gradients for clipping and the hook (no-op without AMP)
@@ -178,19 +209,34 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
                 history.append(rec)
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
+                if board is not None:
+                    for key, v in rec.items():
+                        if key != "step" and isinstance(v, (int, float)):
+                            board.add_scalar(key, float(v), step)
                 bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}")
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
                 save_checkpoint()
+            if stop.requested:  # SIGINT / SIGTERM: leave between two steps, with a checkpoint
+                save_checkpoint()
+                bar.close()
+                raise SelfSupError(f"stopped by {stop.requested} after step {step}; checkpoint saved, continue "
+                                   f"with --resume --out {run_dir}")
             t_step_end = time.perf_counter()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        bar.close()
-        raise SelfSupError(f"interrupted at step {step}; checkpoint saved, continue with --resume "
-                           f"--out {run_dir}") from None
     save_checkpoint()
     bar.close()
+    if board is not None:
+        board.close()
     method.eval()
     return history
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer for ``RUN/tensorboard`` (the same records as metrics.jsonl)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SelfSupError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _position(loader: Loader, step: int, n: int) -> dict[str, int]:
