@@ -461,3 +461,13 @@ def test_tensorboard_events_beside_the_metrics(tmp_path):
     losses = [e.value for e in events.Scalars("loss")]
     logged = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx(logged, rel=1e-6)
+
+
+def test_an_encoder_with_non_finite_state_is_refused_not_evaluated(tmp_path, capsys):
+    enc = selfsup.models.create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+    next(m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("inf"))
+    checkpoint.save_encoder_file(tmp_path / "e.safetensors", {"name": enc.name, "kwargs": enc.kwargs},
+                                 enc.state_dict())
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "e.safetensors"))
+    one_line_error(code, err, "holds non-finite values", "running_var")
+    assert "knn_top1" not in out
