@@ -15,7 +15,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones below
     {"train"},
     {"eval"},
     {"output"},
-    {"api", "cli", "demo", "__main__"},
+    {"api", "cli", "demo", "encoders", "__main__"},
 ]
 
 

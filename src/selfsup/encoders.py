@@ -1,0 +1,175 @@
+"""Encoders as files: export (selfsup, torchvision, timm, Hugging Face), load, and start
+an image backbone from weights on disk (``--init``).
+
+Nothing here unpickles arbitrary objects: selfsup exports are safetensors with their
+spec in the header, checkpoints are read with torch's restricted unpickler
+(:mod:`selfsup.train.checkpoint`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfsup.errors import SelfSupError
+from selfsup.models import Encoder, TextEncoder, rebuild_encoder
+from selfsup.models.backbones import LibraryNet
+from selfsup.models.runtime import select_device
+from selfsup.train import checkpoint
+from selfsup.train.safety import first_nonfinite
+
+
+EXPORT_FORMATS = ("selfsup", "torchvision", "timm", "hf")
+
+
+def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = None, overwrite: bool = False,
+                   source: str | Path | None = None) -> Path:
+    """Save the encoder alone; returns the path written.
+
+    - ``"selfsup"`` (images; default): one safetensors file whose header holds the spec
+      (backbone name, builder arguments, normalisation or tokenizer), for
+      :func:`load_encoder` -- nothing is unpickled on load;
+    - ``"torchvision"`` / ``"timm"``: the plain state dict of the library's own model (a
+      ResNet from ``torchvision.models``, a timm model or ViT) as safetensors, and next to
+      it ``PATH.json``: how to build that model (the CIFAR-stem edits included), load the
+      weights and normalise the input;
+    - ``"hf"`` (text; default for text encoders): a Hugging Face folder that
+      ``transformers.AutoModel`` / ``AutoTokenizer`` load offline.
+
+    An existing ``path`` is replaced only with ``overwrite``, and never when it is the
+    checkpoint being exported (``source``); everything is written beside ``path`` first
+    and renamed into place."""
+    format = format or ("hf" if isinstance(encoder, TextEncoder) else "selfsup")
+    if format not in EXPORT_FORMATS:
+        raise SelfSupError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    path = Path(path)
+    _check_output(path, overwrite=overwrite, folder=format == "hf", source=source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "hf":
+        if not isinstance(encoder, TextEncoder):
+            raise SelfSupError("--format hf exports text encoders; export an image encoder as selfsup, torchvision "
+                               "or timm")
+        tmp = path.with_name(f".{path.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        encoder.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    elif format == "selfsup":
+        checkpoint.save_encoder_file(path, {"name": encoder.name, "kwargs": encoder.kwargs}, encoder.state_dict())
+    else:
+        net = getattr(encoder, "net", None)
+        if not isinstance(net, LibraryNet) or net.library != format:
+            other = net.library if isinstance(net, LibraryNet) else "selfsup"
+            raise SelfSupError(f"backbone {encoder.name!r} is not a {format} model; export it with --format {other}")
+        recipe = net.recipe()
+        how = {"library": format, "build": recipe["build"],
+               "load": f"m.load_state_dict(safetensors.torch.load_file({str(path)!r}))",
+               "input": f"[0, 1] images (N, C, H, W), then (x - mean) / std per channel; {recipe['input']}",
+               "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist(),
+               "output": f"(N, {encoder.num_features}) features, the classifier removed"}
+        checkpoint.save_state_file(path, net.library_model.state_dict())
+        checkpoint.atomic_write_text(path.with_suffix(".json"), json.dumps(how, indent=2))
+    return path
+
+
+def _check_output(path: Path, *, overwrite: bool, folder: bool, source: str | Path | None) -> None:
+    """Refuse to replace what should not be replaced (see :func:`export_encoder`)."""
+    if source is not None:
+        src = Path(source)
+        read = src / checkpoint.CHECKPOINT if src.is_dir() else src
+        if path.exists() and read.exists() and path.resolve() == read.resolve():
+            raise SelfSupError(f"{path} is the checkpoint being exported; choose another --out")
+    if path.is_dir() and not folder:
+        raise SelfSupError(f"{path} is a folder; give --out a file name, e.g. {path / 'encoder.safetensors'}")
+    if path.exists() and not overwrite:
+        raise SelfSupError(f"{path} already exists; choose another --out or add --overwrite")
+
+
+def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
+    """Rebuild the encoder from a run folder, a checkpoint or an exported encoder.
+
+    Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) -- or
+    token ids (N, L) -- to (N, D).  A Hugging Face model folder (a text export, or any
+    local BERT-family model) loads as a text encoder.  In a run folder the checkpoint is
+    read first; when it is unreadable, the exported encoder beside it is used, with a
+    warning.
+    """
+    p = Path(path)
+    dev = select_device(device or "auto")
+    if p.is_dir() and (p / "config.json").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
+        return TextEncoder.from_pretrained(p).to(dev)  # a Hugging Face folder
+    candidates = [p / f for f in (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt")] if p.is_dir() else [p]
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise SelfSupError(f"{str(p)!r} not found or holds no checkpoint; pass a run folder or an encoder file")
+    for i, file in enumerate(found):
+        try:
+            spec, state = checkpoint.read_encoder(file)
+            return _rebuild(spec, state, file).to(dev)
+        except SelfSupError as err:
+            if i + 1 == len(found):
+                raise
+            warnings.warn(f"{file} is unusable ({err}); using {found[i + 1]}", stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+def _rebuild(spec: Any, state: dict, source: Path) -> torch.nn.Module:
+    """:func:`rebuild_encoder` with a one-line error for a spec or weights that do not fit."""
+    try:
+        enc = rebuild_encoder(spec, state)
+    except SelfSupError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise SelfSupError(f"{source} does not describe an encoder this selfsup can build ({first})") from None
+    bad = first_nonfinite(enc)
+    if bad is not None:
+        raise SelfSupError(f"{source} holds non-finite values ({bad}); it cannot give meaningful features")
+    return enc
+
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "heads.")  # a library model's classifier: not part of a backbone
+
+
+def load_init_weights(enc: Encoder, path: str | Path) -> str:
+    """Load the weights in ``path`` into the image encoder ``enc``; returns what was loaded.
+
+    ``path`` is a selfsup export (or run), or a plain state dict -- safetensors, or a
+    torch file read with ``weights_only`` -- of the whole encoder, of its backbone, or of
+    the library model inside it (a torchvision or timm state dict, whose classifier is
+    dropped).  Anything that does not fit is a one-line error naming the keys."""
+    p = Path(path)
+    if not p.exists():
+        raise SelfSupError(f"--init {path}: no such file")
+    if p.is_dir() or checkpoint.is_selfsup_file(p):
+        source = load_encoder(p, device="cpu")
+        if source.name != enc.name or source.kwargs.get("in_chans") != enc.kwargs.get("in_chans"):
+            raise SelfSupError(f"--init {path} is a {source.name} encoder; this run builds {enc.name}")
+        enc.net.load_state_dict(source.net.state_dict())
+        return f"the {source.name} encoder of {path} (its normalisation replaced by this data's)"
+    state = checkpoint.read_state_dict(p)
+    targets = [("the backbone", enc.net)]
+    if isinstance(enc.net, LibraryNet):
+        targets.append((f"the {enc.net.library} model", enc.net.library_model))
+        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    best = None
+    for what, module in targets:
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if not missing and not unexpected and not shapes:
+            module.load_state_dict(state)
+            return f"{len(state)} tensors into {what}"
+        if best is None or len(missing) + len(unexpected) < len(best[1]) + len(best[2]):
+            best = (what, missing, unexpected, shapes)
+    what, missing, unexpected, shapes = best
+    detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                       for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
+                       if keys)
+    raise SelfSupError(f"--init {path} does not fit {what} of {enc.name} ({detail})")
