@@ -8,7 +8,7 @@ import selfsup
 
 ROOT = Path(selfsup.__file__).parent
 LAYERS = [  # lowest first; a module may import its own layer and the ones below
-    {"errors", "registry", "config", "schedules"},
+    {"errors", "registry", "config", "schedules", "files", "distributed"},
     {"data"},
     {"models"},
     {"methods"},

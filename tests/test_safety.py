@@ -83,7 +83,8 @@ def test_overwrite_replaces_a_run(tmp_path):
     out = tmp_path / "r"
     selfsup.pretrain("simclr", "shapes", out_dir=str(out), log=lambda s: None, overrides=QUICK)
     (out / "metrics.jsonl").write_text('{"step": 999, "loss": 0}\n')
-    selfsup.pretrain("simclr", "shapes", out_dir=str(out), log=lambda s: None, overrides=QUICK, overwrite=True)
+    assert main(["pretrain", "--out", str(out), "--overwrite", "--epochs", "1", "--num-train", "64", "--image-size",
+                 "16", "--batch-size", "16", "--no-progress", "--set", "backbone_cfg={width: 4}"]) == 0
     assert '"step": 999' not in (out / "metrics.jsonl").read_text()
 
 
@@ -93,7 +94,9 @@ def test_overwrite_replaces_a_run(tmp_path):
 def test_export_never_replaces_the_checkpoint_or_an_existing_file(run_dir, capsys, tmp_path):
     before = snapshot(run_dir)
     code, _, err = run_cli(capsys, "export", str(run_dir), "--out", str(run_dir / "last.pt"), "--overwrite")
-    one_line_error(code, err, "is the checkpoint being exported")
+    one_line_error(code, err, "holds the run or checkpoint being exported")
+    code, _, err = run_cli(capsys, "export", str(run_dir), "--format", "hf", "--out", str(run_dir.parent), "--overwrite")
+    one_line_error(code, err, "holds the run or checkpoint being exported")
     code, _, err = run_cli(capsys, "export", str(run_dir), "--out", str(run_dir / "encoder.safetensors"))
     one_line_error(code, err, "already exists", "--overwrite")
     code, _, err = run_cli(capsys, "export", str(run_dir), "--out", str(tmp_path))

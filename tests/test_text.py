@@ -346,3 +346,14 @@ def test_text_demo_quick_runs_end_to_end(tmp_path, capsys):
     result = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert result["heldout"]["masked_tokens"] > 0 and len(result["label_efficiency"]) == 3
     assert (tmp_path / "demo" / "embedding_map.png").is_file()
+
+
+def test_splits_from_python_share_the_train_classes_and_files_keep_their_fields(tmp_path):
+    ds = as_dataset({"train": (["x a", "x b", "x c"] * 4, ["a", "b", "c"] * 4), "test": (["x b", "x c"], ["b", "c"])})
+    assert ds.train.classes == ["a", "b", "c"] and list(ds.test.labels) == [1, 2]
+    (tmp_path / "d.csv").write_text('text,label\n"line one\nline two",a\nplain,b\n')
+    assert list(create_dataset(f"text:{tmp_path / 'd.csv'}").train.texts) == ["line one\nline two", "plain"]
+    rows = [{"text": "sep\u2028arated"}, {"text": "labelled", "label": "x"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    ds = create_dataset(f"text:{tmp_path / 'd.jsonl'}")
+    assert list(ds.train.texts) == ["sep\u2028arated", "labelled"] and list(ds.train.labels) == [-1, 0]

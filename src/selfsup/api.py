@@ -30,6 +30,7 @@ from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write_text
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
@@ -197,6 +198,7 @@ def channel_stats(images, max_images: int = 10_000, chunk: int = 1000) -> tuple[
     return mean.tolist(), np.maximum(std, 1e-3).tolist()
 
 
+STALE_FILES = ("summary.json", "summary_map.png")  # the report's summary of the weights as they were
 RUN_FILES = (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt", "metrics.jsonl",
              "config.yaml")  # a folder with one of them holds a run
 
@@ -233,7 +235,8 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
         overrides = parse_overrides(overrides)
     extra.update(overrides or {})
     ckpt = None
-    out_dir = Path(extra.get("train.out_dir", RunConfig().train.out_dir))
+    from_file = load_yaml(config_file).get("train.out_dir") if config_file else None
+    out_dir = Path(extra.get("train.out_dir") or from_file or RunConfig().train.out_dir)
     if resume:
         ckpt = checkpoint.require_keys(checkpoint.load_checkpoint(out_dir), checkpoint.RESUME_KEYS,
                                        out_dir / checkpoint.CHECKPOINT)
@@ -244,11 +247,12 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
         saved.train.max_steps = None  # where the last session stopped; a resumed run goes on unless told again
         cfg = validate(apply_overrides(saved, extra))
     else:
+        cfg = build_config(method or "simclr", preset=preset, config_file=config_file, overrides=extra)
+        out_dir = Path(cfg.train.out_dir)
         held = [f for f in RUN_FILES if (out_dir / f).exists()]
         if held and not overwrite:
             raise SelfSupError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume, "
                                "replace it with --overwrite, or choose another --out")
-        cfg = build_config(method or "simclr", preset=preset, config_file=config_file, overrides=extra)
 
     if cfg.data.source.startswith(PYTHON_SOURCE) and obj is None:
         raise SelfSupError("this run was trained on a Python object: pass it again as data= to resume")
@@ -262,11 +266,11 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     precision = choose_precision(select_device(cfg.train.device), cfg.train.amp)
 
     def write_run_files() -> None:  # once the engine has checked everything and holds the folder's lock
-        if not ckpt:
-            for f in RUN_FILES:
-                (run_dir / f).unlink(missing_ok=True)
-        checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        checkpoint.atomic_write_text(run_dir / "env.json",
+        stale = STALE_FILES if ckpt else RUN_FILES + STALE_FILES  # a resumed run's summary no longer holds
+        for f in stale:
+            (run_dir / f).unlink(missing_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "env.json",
                                      json.dumps({**versions(), "precision": str(precision)}, indent=2))
 
     log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
@@ -565,7 +569,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, *, summarize: boo
         summary = _summary(run, log)
         if summary is not None:
             result, xy, labels, classes = summary
-            checkpoint.atomic_write_text(run / SUMMARY, json.dumps(result, indent=2))
+            atomic_write_text(run / SUMMARY, json.dumps(result, indent=2))
             if xy is not None:
                 plots.embedding_map({"t-SNE of the test embeddings": xy}, labels, classes, run / SUMMARY_MAP)
     return write_report(run, out)

@@ -67,8 +67,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never done without it)")
     p.add_argument("--strict", action="store_true", help="unreadable image or text files are an error, not skipped")
-    p.add_argument("--init", help="text: start from this local Hugging Face model folder (BERT family) and its "
-                                  "tokenizer, and continue MLM pretraining on --data")
+    p.add_argument("--init", help="start from weights on disk: for text a local Hugging Face model folder (BERT "
+                                  "family, with its tokenizer: continued MLM pretraining); for images a selfsup "
+                                  "export or a safetensors / torch state dict of the backbone")
     p.add_argument("--tokenizer", help="text: a local tokenizer folder (default: WordPiece trained on the "
                                        "training split, saved with the run)")
     p.add_argument("--max-length", type=int, help="text: tokens per sample, longer ones are truncated (default 128)")
@@ -203,7 +204,7 @@ def cmd_pretrain(a) -> None:
 
     overrides.update(parse_overrides(a.set))
     run = pretrain(a.method, a.data, preset=a.preset, config_file=a.config, overrides=overrides,
-                   resume=a.resume, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                   resume=a.resume, overwrite=a.overwrite, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                    optimizer=a.optimizer, image_size=a.image_size, num_train=a.num_train, seed=a.seed,
                    device=a.device, max_steps=a.max_steps, out_dir=a.out,
                    progress=False if a.no_progress else None)
@@ -337,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read or write{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted twice: stopped without writing; the last checkpoint is intact", file=sys.stderr)
+        print("error: interrupted; files already written are whole (a run's checkpoint is from a step boundary)",
+              file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = formatwarning

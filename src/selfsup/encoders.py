@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write_text
 from selfsup.models import Encoder, TextEncoder, rebuild_encoder
 from selfsup.models.backbones import LibraryNet
 from selfsup.models.runtime import select_device
@@ -49,6 +50,11 @@ def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = N
         raise SelfSupError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
     path = Path(path)
     _check_output(path, overwrite=overwrite, folder=format == "hf", source=source)
+    if format in ("torchvision", "timm"):
+        if path.suffix == ".json":
+            raise SelfSupError(f"{path}: the weights need a name of their own (e.g. .safetensors); the .json "
+                               "beside them says how to load them")
+        _check_output(path.with_suffix(".json"), overwrite=overwrite, folder=False, source=source)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "hf":
         if not isinstance(encoder, TextEncoder):
@@ -73,21 +79,28 @@ def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = N
                "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist(),
                "output": f"(N, {encoder.num_features}) features, the classifier removed"}
         checkpoint.save_state_file(path, net.library_model.state_dict())
-        checkpoint.atomic_write_text(path.with_suffix(".json"), json.dumps(how, indent=2))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(how, indent=2))
     return path
 
 
 def _check_output(path: Path, *, overwrite: bool, folder: bool, source: str | Path | None) -> None:
-    """Refuse to replace what should not be replaced (see :func:`export_encoder`)."""
-    if source is not None:
-        src = Path(source)
+    """Refuse to replace what should not be replaced (see :func:`export_encoder`): the
+    checkpoint being read or a folder holding it, a folder where a file is asked for, and
+    without ``overwrite`` anything; a folder is replaced only when it is an earlier
+    Hugging Face export."""
+    if source is not None and path.exists():
+        src = Path(source).resolve()
         read = src / checkpoint.CHECKPOINT if src.is_dir() else src
-        if path.exists() and read.exists() and path.resolve() == read.resolve():
-            raise SelfSupError(f"{path} is the checkpoint being exported; choose another --out")
+        here = path.resolve()
+        if here == read or here == src or here in read.parents:
+            raise SelfSupError(f"{path} holds the run or checkpoint being exported; choose another --out")
     if path.is_dir() and not folder:
         raise SelfSupError(f"{path} is a folder; give --out a file name, e.g. {path / 'encoder.safetensors'}")
     if path.exists() and not overwrite:
         raise SelfSupError(f"{path} already exists; choose another --out or add --overwrite")
+    if path.is_dir() and not ((path / "config.json").is_file() and (path / "model.safetensors").is_file()):
+        raise SelfSupError(f"{path} is a folder but not an earlier Hugging Face export; choose another --out "
+                           "(nothing was removed)")
 
 
 def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
@@ -150,7 +163,11 @@ def load_init_weights(enc: Encoder, path: str | Path) -> str:
         source = load_encoder(p, device="cpu")
         if source.name != enc.name or source.kwargs.get("in_chans") != enc.kwargs.get("in_chans"):
             raise SelfSupError(f"--init {path} is a {source.name} encoder; this run builds {enc.name}")
-        enc.net.load_state_dict(source.net.state_dict())
+        try:
+            enc.net.load_state_dict(source.net.state_dict())
+        except RuntimeError as err:
+            raise SelfSupError(f"--init {path} does not fit this {enc.name} (another image size or width?): "
+                               f"{str(err).strip().splitlines()[0][:160]}") from None
         return f"the {source.name} encoder of {path} (its normalisation replaced by this data's)"
     state = checkpoint.read_state_dict(p)
     targets = [("the backbone", enc.net)]

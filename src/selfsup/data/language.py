@@ -22,7 +22,6 @@ cached as JSON lines.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from selfsup.data import DATASETS, Dataset, check_path, default_cache_dir
 from selfsup.data.text import RawText, TextOptions, text_dataset
+from selfsup.files import atomic_write_text
 
 VERSION = 4
 DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST = 8000, 2000
@@ -169,9 +169,8 @@ def _cached(cache_dir: Path, n: int, seed: int, split: str) -> tuple[list[str], 
     texts, factors = generate(n, seed, split)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps({"text": t, "factors": f.tolist()}) + "\n" for t, f in zip(texts, factors)))
-        os.replace(tmp, file)
+        atomic_write_text(file, "".join(json.dumps({"text": t, "factors": f.tolist()}) + "\n"
+                                        for t, f in zip(texts, factors)))
     except OSError as err:
         warnings.warn(f"could not write cache file {file} ({err}); not caching", stacklevel=2)
     return texts, factors

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from selfsup.data import Dataset, ImageSet, SampleSet, Store, create_dataset
-from selfsup.data.text import RawText, TextOptions, labelled, text_dataset
+from selfsup.data.text import RawText, TextOptions, labelled, relabel, text_dataset
 from selfsup.errors import SelfSupError
 
 DEFAULT_IMAGE_SIZE = 64  # for datasets whose first image is not square
@@ -239,5 +239,7 @@ def as_dataset(data: Any, *, image_size: int | None = None, text: TextOptions | 
     if isinstance(train, RawText):
         if test is not None and not isinstance(test, RawText):
             raise SelfSupError("the train split holds text but the test split does not")
+        if test is not None and test.classes and test.classes != train.classes:
+            test = relabel(test, train.classes, type(data).__name__)  # the test split in the train split's classes
         return text_dataset(type(data).__name__, train, test, text, cache_dir=source_options.get("cache_dir"))
     return Dataset(name=type(data).__name__, train=train, test=test)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import numpy as np
 from selfsup.data import DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir, walk_files
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write_text
 
 SUFFIXES = (".txt", ".jsonl", ".csv")
 
@@ -134,9 +135,7 @@ def trained_tokenizer(texts: list[str], vocab_size: int, cache_dir: str | Path |
     tok = Tokenizer.train(texts, vocab_size)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
-        tmp.write_text(tok.to_json())
-        os.replace(tmp, file)
+        atomic_write_text(file, tok.to_json())
     except OSError as err:
         warnings.warn(f"could not cache the tokenizer in {file} ({err})", stacklevel=2)
     return tok
@@ -188,7 +187,7 @@ def _rows(path: Path, opt: TextOptions) -> list[tuple[str, Any]]:
         return [(line.strip(), None) for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         records = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON may hold U+2028 unescaped
             if not line.strip():
                 continue
             try:
@@ -197,9 +196,9 @@ def _rows(path: Path, opt: TextOptions) -> list[tuple[str, Any]]:
                 raise SelfSupError(f"{path}: line {n} is not valid JSON") from None
             if not isinstance(records[-1], dict):
                 raise SelfSupError(f"{path}: line {n} is not a JSON object")
-        columns = list(records[0]) if records else []
+        columns = list(dict.fromkeys(k for r in records for k in r))
     else:
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
         records, columns = list(reader), list(reader.fieldnames or [])
     if records and opt.text_column not in columns:
         raise SelfSupError(f"{path} has no column {opt.text_column!r} (columns: {', '.join(map(str, columns))}); "
@@ -214,7 +213,9 @@ def _label(value: Any) -> Any:
         return None
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)
-    return value
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True)  # a list or dict label: its JSON text names the class
 
 
 def _files(root: Path) -> list[Path]:
@@ -278,16 +279,16 @@ def build_text(path: str | None = None, *, strict: bool = False, seed: int = 0, 
     train = _read_split(train_path, opt, strict)
     test = _read_split(test_path, opt, strict) if test_path is not None else None
     if test is not None and train.classes != test.classes and test.classes:
-        test = _relabel(test, train.classes, path)
+        test = relabel(test, train.classes, f"text:{path}")
     return text_dataset(f"text:{path}", train, test, opt, seed=seed, num_train=num_train, num_test=num_test,
                         cache_dir=cache_dir)
 
 
-def _relabel(test: RawText, classes: list[str], path: str) -> RawText:
+def relabel(test: RawText, classes: list[str], name: str) -> RawText:
     """The test split's labels in the train split's class order."""
     unknown = sorted(set(test.classes) - set(classes))
     if unknown:
-        raise SelfSupError(f"text:{path}: the test split has classes the train split lacks: {', '.join(unknown[:5])}")
+        raise SelfSupError(f"{name}: the test split has classes the train split lacks: {', '.join(unknown[:5])}")
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[test.classes[v]] if v >= 0 else -1 for v in test.labels], dtype=np.int64)
     return RawText(test.texts, y, test.ids, list(classes))

@@ -134,9 +134,6 @@ class Tokenizer:
                 starts[i] = False
         return starts
 
-    def decode(self, ids) -> str:
-        return self.backend.decode([int(i) for i in ids if int(i) != self.pad_id])
-
 
 def _read_backend(backend_cls, path: Path):
     try:

@@ -94,15 +94,18 @@ def mlm_head(config) -> nn.Module:
 
 
 def saved_head(folder: Path) -> dict[str, torch.Tensor]:
-    """The MLM head weights (``cls.predictions.*``) in a Hugging Face folder, if it has them."""
-    file = folder / "model.safetensors"
-    if not file.is_file():
-        return {}
-    from safetensors import safe_open
+    """The MLM head weights (``cls.predictions.*``) in a Hugging Face folder, if it has them
+    (``model.safetensors``, or ``pytorch_model.bin`` read with ``weights_only``)."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
 
-    with safe_open(str(file), framework="pt") as f:
-        return {k[len("cls."):]: f.get_tensor(k) for k in f.keys()
-                if k.startswith("cls.predictions.") and "decoder.weight" not in k}
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        return {}
+    return {k[len("cls."):]: v for k, v in state.items()
+            if k.startswith("cls.predictions.") and "decoder.weight" not in k}
 
 
 @METHODS.register("mlm", help="BERT masked language modelling on text (15% of tokens, 80/10/10)")
@@ -117,6 +120,7 @@ class MaskedLM(Method):
                 "optim.clip_grad": 1.0, "train.batch_size": 64, "train.epochs": 20},
         # BERT-base shape; lr 1e-4 at batch 256 as in the paper
         "gpu": {"backbone": "bert", "backbone_cfg": {"layers": 12, "hidden": 768, "heads": 12},
+                "data.source": "lang",
                 "optim.name": "adamw", "optim.base_lr": 1e-4, "optim.eps": 1e-6, "optim.weight_decay": 0.01,
                 "optim.schedule": "linear", "optim.warmup_epochs": 1, "optim.clip_grad": 1.0,
                 "train.batch_size": 256, "train.epochs": 40},

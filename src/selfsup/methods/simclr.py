@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from selfsup import distributed
 from selfsup.data.views import augment, build_views, simclr_views
 from selfsup.methods.base import METHODS, Method, normalized_std
 from selfsup.methods.losses import nt_xent
@@ -70,7 +71,8 @@ class SimCLR(Method):
         views = torch.cat([augment(x, self.view_cfg, generator),
                            augment(x, self.view_cfg, generator)])  # (2N, C, S, S)
         z = self.head(self.encoder(views))  # (2N, proj_dim)
-        loss = nt_xent(z[:n], z[n:], self.cfg.temperature)
+        gather = distributed.gather if distributed.current().distributed else None  # negatives from every rank
+        loss = nt_xent(z[:n], z[n:], self.cfg.temperature, gather=gather)
         with torch.no_grad():
             pos_sim = nn.functional.cosine_similarity(z[:n], z[n:]).mean().item()
         return loss, {"pos_sim": pos_sim, "z_std": normalized_std(z)}

@@ -43,8 +43,7 @@ def _quiet_transformers():
 class TextEncoder(nn.Module):
     """BERT (``transformers.BertModel`` without its pooler) + pooling + the tokenizer."""
 
-    def __init__(self, config: dict, tokenizer: Tokenizer | str, *, pooling: str = "mean", max_length: int = 128,
-                 name: str = "bert"):
+    def __init__(self, config: dict, tokenizer: Tokenizer | str, *, pooling: str = "mean", max_length: int = 128):
         super().__init__()
         from transformers import BertConfig, BertModel
 
@@ -63,7 +62,7 @@ class TextEncoder(nn.Module):
         self.config = cfg
         self.pooling, self.max_length, self.pad_id = pooling, max_length, self.tokenizer.pad_id
         self.num_features = cfg.hidden_size
-        self.name = name
+        self.name = "bert"  # the backbone registry's name, for rebuilding from a file
         self.kwargs = {"config": cfg.to_dict(), "tokenizer": self.tokenizer.to_json(), "pooling": pooling,
                        "max_length": max_length}
         self.init_from: Path | None = None  # the folder the weights came from (from_pretrained)
@@ -109,11 +108,10 @@ class TextEncoder(nn.Module):
         folder = Path(folder).expanduser()
         if not (folder / "config.json").is_file():
             raise SelfSupError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json)")
-        config = json.loads((folder / "config.json").read_text())
+        config, saved = _read_json(folder / "config.json"), _read_json(folder / SELFSUP_FILE)
         if config.get("model_type") != "bert":
             raise SelfSupError(f"{folder} holds a {config.get('model_type')!r} model; selfsup's text encoder "
                                "is BERT-family (model_type 'bert')")
-        saved = json.loads((folder / SELFSUP_FILE).read_text()) if (folder / SELFSUP_FILE).is_file() else {}
         from transformers import BertConfig, BertModel
 
         _quiet_transformers()
@@ -125,6 +123,19 @@ class TextEncoder(nn.Module):
         enc.bert.load_state_dict(weights.state_dict())
         enc.init_from = folder
         return enc.eval()
+
+
+def _read_json(path: Path) -> dict:
+    """A model folder's JSON file as a dict ({} when it is absent), a one-line error when unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SelfSupError(f"{path} is not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise SelfSupError(f"{path} does not hold a JSON object")
+    return data
 
 
 @BACKBONES.register("bert", modality="text",

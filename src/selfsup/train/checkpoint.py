@@ -16,13 +16,13 @@ before (``encoder.pt``, a dict with ``format``, ``encoder`` and ``state_dict``) 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write
 
 CHECKPOINT = "last.pt"
 FORMAT = "selfsup-checkpoint"
@@ -33,23 +33,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a
     half-written checkpoint in place of the last good one, and a failed write (a full or
     read-only disk) leaves neither a temporary file nor a changed one."""
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_save` for a text file."""
-    _atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -80,15 +64,15 @@ def save_encoder_file(path: Path, spec: dict[str, Any], state: dict[str, torch.T
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     meta = {"format": ENCODER_FORMAT, "version": "2", "encoder": json.dumps(spec)}
-    _atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def save_state_file(path: Path, state: dict[str, torch.Tensor]) -> None:
     """A plain state dict as safetensors (atomic), for another library to load."""
     from safetensors.torch import save_file
 
-    _atomic(Path(path), lambda tmp: save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
-                                              str(tmp)))
+    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
+                                             str(tmp)))
 
 
 def read_encoder(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ RNG states and the loader's position; the data order is a pure function of (seed
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from selfsup import distributed
 from selfsup.config import RunConfig
 from selfsup.data import SampleSet, to_input
 from selfsup.data.loader import Loader
@@ -32,7 +34,7 @@ from selfsup.schedules import cosine_schedule, lr_schedule
 from selfsup.train.checkpoint import CHECKPOINT, FORMAT, RESUME_KEYS, atomic_save, load_checkpoint, require_keys
 from selfsup.train.monitor import CollapseMonitor
 from selfsup.train.optim import build_optimizer, scaled_lr
-from selfsup.train.safety import RunLock, StopAtStepBoundary, first_nonfinite
+from selfsup.train.safety import LOCK, RunLock, StopAtStepBoundary, first_nonfinite
 
 
 def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, *,
@@ -47,14 +49,24 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
     every check has passed, just before the first step (the API writes the run's
     config there, so a run that fails to start leaves the folder as it was)."""
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        return _train(method, data, cfg, run_dir, resume, log, on_start)
+    try:
+        with RunLock(run_dir) if distributed.from_env().is_main else contextlib.nullcontext():  # rank 0 writes
+            return _train(method, data, cfg, run_dir, resume, log, on_start)
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] in ([], [LOCK]):  # a run that never started
+            (run_dir / LOCK).unlink(missing_ok=True)
+            run_dir.rmdir()
+        raise
 
 
 def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -> list[dict[str, float]]:
     tc, oc = cfg.train, cfg.optim
     device = select_device(tc.device)
+    world = distributed.setup(device)
+    if not world.is_main:
+        log = _silent
     if device.type == "cpu":
         keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
     if tc.threads:
@@ -65,16 +77,18 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
     if bs < method.min_batch_size:
         raise SelfSupError(f"batch size {bs} is too small for {cfg.method} (needs at least "
                            f"{method.min_batch_size}); raise --batch-size")
-    if bs > n:
-        raise SelfSupError(f"batch size {bs} is larger than the {n} training samples; "
-                           f"lower --batch-size to at most {n}")
-    loader = Loader(samples, bs, seed=tc.seed, pin_memory=device.type == "cuda")  # drops the last partial batch
+    if bs > n // world.world_size:
+        raise SelfSupError(f"batch size {bs} is larger than the {n // world.world_size} training samples of each of "
+                           f"{world.world_size} process(es); lower --batch-size to at most {n // world.world_size}")
+    loader = Loader(samples, bs, seed=tc.seed, rank=world.rank, world_size=world.world_size,
+                    pin_memory=device.type == "cuda")  # this rank's shard; drops the last partial batch
+    global_bs = bs * world.world_size
     steps_per_epoch = loader.steps_per_epoch
     total = tc.epochs * steps_per_epoch
     if total < 1:
         raise SelfSupError("nothing to train: --epochs must be at least 1")
 
-    lr = scaled_lr(oc, bs)
+    lr = scaled_lr(oc, global_bs)  # the LR rule is applied to the global batch
     lr_sched = lr_schedule(oc.schedule, lr, oc.min_lr, total, round(oc.warmup_epochs * steps_per_epoch))
     wd_end = oc.weight_decay if oc.weight_decay_end is None else oc.weight_decay_end
     wd_sched = cosine_schedule(oc.weight_decay, wd_end, total)
@@ -113,6 +127,11 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         step = int(ckpt["step"])
+        saved_world = ckpt.get("data_position", {}).get("world_size", 1)
+        if saved_world != world.world_size:
+            raise SelfSupError(f"cannot resume: the run in {run_dir} trained with {saved_world} process(es), this job "
+                               f"has {world.world_size}; each process's shard and the steps per epoch depend on it, "
+                               f"so resume with --nproc_per_node giving {saved_world} processes in all")
         saved_n = ckpt.get("data_position", {}).get("samples", n)
         if saved_n != n:
             raise SelfSupError(f"cannot resume: the run in {run_dir} was trained on {saved_n} samples, "
@@ -129,9 +148,11 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
 
     def save_checkpoint() -> None:
         bad = first_nonfinite(method)
-        if bad is not None:
-            raise SelfSupError(f"{bad} became non-finite by step {step}; stopped before writing, {last_good()}; "
-                               f"lower optim.base_lr or set optim.clip_grad")
+        if distributed.any_rank(bad is not None, device):
+            raise SelfSupError(f"{bad or 'a tensor on another rank'} became non-finite by step {step}; stopped "
+                               f"before writing, {last_good()}; lower optim.base_lr or set optim.clip_grad")
+        if not world.is_main:
+            return
         atomic_save({
             "format": FORMAT, "config": cfg.to_dict(), "step": step,
             "method_state": method.state_dict(), "optimizer": optimizer.state_dict(),
@@ -146,7 +167,8 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
     n_params = sum(p.numel() for _, p in method.trainable_parameters())
     log(f"{cfg.method} on {device} | {n_params / 1e6:.2f}M trainable params | precision {precision}"
         + ("" if precision.dtype is None else "; train.amp=false for fp32"))
-    log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x effective batch {bs} -> lr {lr:.4g}; "
+    processes = f" ({world.world_size} processes x {bs})" if world.distributed else ""
+    log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x global batch {global_bs}{processes} -> lr {lr:.4g}; "
         f"{steps_per_epoch} steps/epoch, {total} steps")
 
     stop_at = total if tc.max_steps is None else min(total, tc.max_steps)
@@ -154,78 +176,83 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
         log(f"the run in {run_dir} is already at step {step} of {stop_at}: nothing to train "
             f"(raise --epochs to extend it)")
         return []
-    if resume:
-        _truncate_metrics(metrics_path, step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    board = _tensorboard(run_dir) if tc.tensorboard else None  # before anything is written: it may be missing
-    if on_start is not None:
-        on_start()
+    board = _tensorboard(run_dir) if tc.tensorboard and world.is_main else None  # checked first: it may be missing
+    if world.is_main:
+        if resume:
+            _truncate_metrics(metrics_path, step)
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        if on_start is not None:
+            on_start()
+    step_fn = distributed.training_step(method, device)  # DDP under several processes
     history: list[dict[str, float]] = []
     monitor = CollapseMonitor()
-    bar = _progress(total, step, tc.progress)
+    bar = _progress(total, step, tc.progress and world.is_main)
     t_last = t_step_end = time.perf_counter()
     seen, waited = 0, 0.0
     method.train()
-    stop = StopAtStepBoundary()
-    with stop:
-        for _, batch in loader.steps(step, stop_at):
-            waited += time.perf_counter() - t_step_end  # the step waited this long for its batch
-            epoch = step // steps_per_epoch
-            x = to_input(batch, device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_sched[step])
-                if group.get("apply_wd"):
-                    group["weight_decay"] = float(wd_sched[step])
-            with precision.autocast():
-                loss, logs = method.training_step(x, aug_gen)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise SelfSupError(
-                    f"loss became {value} at step {step} (epoch {epoch}); stopped before writing, "
-                    f"{last_good()}; lower optim.base_lr or set optim.clip_grad")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # true gradients for clipping and the hook (no-op without AMP)
-            if oc.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_([p for _, p in method.trainable_parameters()], oc.clip_grad)
-            method.before_optimizer_step()
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_optimizer_step(step)
-            step += 1
-            seen += bs
-            bar.update(1)
-            if step % tc.log_every == 0 or step == stop_at:
-                now = time.perf_counter()
-                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
-                       "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last),
-                       "data_wait": waited / (now - t_last), **logs}
-                t_last, seen, waited = now, 0, 0.0
-                warning = monitor.update(logs)
-                if warning and monitor.bad == monitor.window:
-                    log(f"warning at step {step}: {warning}")
-                rec["collapse_suspected"] = bool(warning)
-                history.append(rec)
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if board is not None:
-                    for key, v in rec.items():
-                        if key != "step" and isinstance(v, (int, float)):
-                            board.add_scalar(key, float(v), step)
-                bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}")
-            if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
-                save_checkpoint()
-            if stop.requested:  # SIGINT / SIGTERM: leave between two steps, with a checkpoint
-                save_checkpoint()
-                bar.close()
-                raise SelfSupError(f"stopped by {stop.requested} after step {step}; checkpoint saved, continue "
-                                   f"with --resume --out {run_dir}")
-            t_step_end = time.perf_counter()
-    save_checkpoint()
-    bar.close()
-    if board is not None:
-        board.close()
+    try:
+        stop = StopAtStepBoundary()
+        with stop:
+            for _, batch in loader.steps(step, stop_at):
+                waited += time.perf_counter() - t_step_end  # the step waited this long for its batch
+                epoch = step // steps_per_epoch
+                x = to_input(batch, device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr_sched[step])
+                    if group.get("apply_wd"):
+                        group["weight_decay"] = float(wd_sched[step])
+                with precision.autocast():
+                    loss, logs = step_fn(x, aug_gen)
+                value = loss.item()
+                if distributed.any_rank(not math.isfinite(value), device):
+                    raise SelfSupError(
+                        f"loss became {value} at step {step} (epoch {epoch}); stopped before writing, "
+                        f"{last_good()}; lower optim.base_lr or set optim.clip_grad")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # true gradients for clipping and the hook (no-op without AMP)
+                if oc.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_([p for _, p in method.trainable_parameters()], oc.clip_grad)
+                method.before_optimizer_step()
+                scaler.step(optimizer)
+                scaler.update()
+                method.after_optimizer_step(step)
+                step += 1
+                seen += global_bs
+                bar.update(1)
+                if step % tc.log_every == 0 or step == stop_at:
+                    now = time.perf_counter()
+                    rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
+                           "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last),
+                           "data_wait": waited / (now - t_last), **logs}
+                    t_last, seen, waited = now, 0, 0.0
+                    warning = monitor.update(logs)
+                    if warning and monitor.bad == monitor.window:
+                        log(f"warning at step {step}: {warning}")
+                    rec["collapse_suspected"] = bool(warning)
+                    history.append(rec)
+                    if world.is_main:
+                        with metrics_path.open("a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    if board is not None:
+                        for key, v in rec.items():
+                            if key != "step" and isinstance(v, (int, float)):
+                                board.add_scalar(key, float(v), step)
+                    bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}")
+                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
+                    save_checkpoint()
+                if distributed.any_rank(stop.requested is not None, device):  # SIGINT / SIGTERM: leave between steps
+                    save_checkpoint()
+                    raise SelfSupError(f"stopped by {stop.requested or 'a signal'} after step {step}; checkpoint saved, continue "
+                                       f"with --resume --out {run_dir}")
+                t_step_end = time.perf_counter()
+        save_checkpoint()
+    finally:  # also on a stop or an error: the bar ends its line, TensorBoard flushes
+        bar.close()
+        if board is not None:
+            board.close()
+
     method.eval()
     return history
 
@@ -237,6 +264,10 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         raise SelfSupError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _silent(_message: str) -> None:
+    """The log of ranks other than 0: they print nothing."""
 
 
 def _position(loader: Loader, step: int, n: int) -> dict[str, int]:
