@@ -15,33 +15,75 @@ WORLD = 2
 BATCH = 8  # the global batch: 4 images per process
 
 
+METHODS = ["simclr", "moco", "byol", "dino", "mae", "autoencoder", "mlm"]
+OPTIONS = {"moco": {"queue_size": 64}, "dino": {"out_dim": 64, "n_local": 2}}
+
+
 def build(method: str):
     from selfsup.methods import create_method
     from selfsup.models import create_backbone
 
     torch.manual_seed(0)
-    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
-    m = create_method(method, enc, {}, image_size=16, channels=3)
+    if method == "mlm":
+        enc = create_backbone("bert", tokenizer=tokens()[1], max_length=16, layers=1, hidden=32, heads=2)
+    elif method == "mae":
+        enc = create_backbone("vit_mae_tiny", in_chans=3, image_size=16, patch_size=4, depth=1)
+    else:
+        enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+    m = create_method(method, enc, OPTIONS.get(method, {}), image_size=16, channels=3)
     m.setup_schedules(10, 5)
     # float64 so that the only difference left is the order of sums; BatchNorm on running
     # statistics: per-sample, the same in any split of the batch
     return m.double().eval()
 
 
-def fixed_views(monkeypatch_target):
-    """Replace the method module's ``augment`` by a fixed function of the image: the
-    first call of a step gives the image, the second its mirror."""
+def fixed_views(module):
+    """Replace the method module's random views by fixed functions of each sample: the
+    first view of a step is the image, the second its mirror; MLM masks the second real
+    token of every sentence (so every rank scores as many tokens)."""
     calls = []
 
     def augment(x, cfg, generator):
         calls.append(1)
         return x if len(calls) % 2 else x.flip(-1)
 
-    monkeypatch_target.augment = augment
+    def mask_tokens(ids, generator, *, mask_id, **_):
+        labels = torch.full_like(ids, -100)
+        labels[:, 1] = ids[:, 1]
+        return torch.where(labels != -100, torch.full_like(ids, mask_id), ids), labels
+
+    if hasattr(module, "augment"):
+        module.augment = augment
+    if hasattr(module, "mask_tokens"):
+        module.mask_tokens = mask_tokens
 
 
-def images():
+def tokens():
+    from selfsup.data import create_dataset
+
+    ds = create_dataset("lang", num_train=200, num_test=10, text=_text_options())
+    return torch.from_numpy(ds.train.tokens[:BATCH, :16]).long(), ds.train.tokenizer
+
+
+def _text_options():
+    from selfsup.data.text import TextOptions
+
+    return TextOptions(max_length=16, vocab_size=200)
+
+
+def batch(method: str) -> torch.Tensor:
+    if method == "mlm":
+        return tokens()[0]
     return torch.rand(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def generator(method: str, m, rank: int, share: int) -> torch.Generator:
+    """The step's generator; MAE's mask noise is one (N, L) draw, so rank r first skips the
+    rows of the ranks before it and gets exactly the rows one process would give its images."""
+    gen = torch.Generator().manual_seed(0)
+    if method == "mae" and rank:
+        torch.rand(rank * share, m.num_patches, generator=gen)
+    return gen
 
 
 def gradients(m) -> dict[str, torch.Tensor]:
@@ -61,20 +103,20 @@ def worker(rank: int, method: str, init_file: str, out: str) -> None:
         m = build(method)
         step = distributed.training_step(m, torch.device("cpu"))
         share = BATCH // WORLD
-        loss, _ = step(images()[rank * share:(rank + 1) * share], torch.Generator().manual_seed(0))
+        loss, _ = step(batch(method)[rank * share:(rank + 1) * share], generator(method, m, rank, share))
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": gradients(m)}, out.format(rank=rank))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["simclr", "autoencoder"])
+@pytest.mark.parametrize("method", METHODS)
 def test_two_processes_match_one_on_the_joint_batch(method, tmp_path, monkeypatch):
     import importlib
 
     fixed_views(importlib.import_module(f"selfsup.methods.{method}"))
     m = build(method)
-    loss, _ = m.training_step(images(), torch.Generator().manual_seed(0))
+    loss, _ = m.training_step(batch(method), generator(method, m, 0, BATCH))
     loss.backward()
     want = gradients(m)
 
@@ -86,3 +128,91 @@ def test_two_processes_match_one_on_the_joint_batch(method, tmp_path, monkeypatc
         assert g["grads"].keys() == want.keys()
         for name, grad in want.items():
             assert (g["grads"][name] - grad).abs().max() < 1e-6, name
+
+
+def test_torchrun_moco_killed_and_resumed_equals_uninterrupted(tmp_path, capsys):
+    """``torchrun --standalone --nproc_per_node=2 -m selfsup pretrain --method moco``, killed
+    with SIGKILL after a mid-run checkpoint and resumed, ends with the weights of an
+    uninterrupted 2-process run; the queue is the same on both ranks."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from selfsup.data import create_dataset
+
+    create_dataset("shapes", num_train=128, num_test=64, image_size=16)  # cached before two processes read it
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "selfsup"]
+    args = ["pretrain", "--method", "moco", "--data", "shapes", "--num-train", "128", "--image-size", "16",
+            "--batch-size", "16", "--epochs", "25", "--no-progress", "--set", "method_cfg.queue_size=64",
+            "--set", "backbone_cfg={width: 4}", "--set", "train.checkpoint_every=2", "--set", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out, *extra):
+        done = subprocess.run([*torchrun, *args, "--out", str(out), *extra], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    run(tmp_path / "full")
+    job = subprocess.Popen([*torchrun, *args, "--out", str(tmp_path / "part")], env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "part" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 6):
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # the whole job, mid-run
+    job.wait()
+    stopped_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 6 <= stopped_at < 100, stopped_at  # 4 steps per epoch (128 images / 2 ranks / 16), 100 in all
+    run(tmp_path / "part", "--resume")
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert a["step"] == b["step"] == 100 and a["data_position"]["world_size"] == 2
+    for k in a["method_state"]:
+        assert torch.equal(a["method_state"][k], b["method_state"][k]), k
+    from selfsup.cli import main  # one process cannot continue a 2-process run, and says why
+
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", "--out", str(tmp_path / "part"), "--epochs", "30", "--no-progress"]) == 2
+    assert "trained with 2 process(es), this job has 1" in capsys.readouterr().err
+
+
+def train_worker(rank: int, method: str, init_file: str, out: str, run_dir: str) -> None:
+    import numpy as np
+
+    from selfsup.config import RunConfig
+    from selfsup.methods import create_method
+    from selfsup.models import create_backbone
+    from selfsup.train import engine
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+        m = create_method(method, enc, OPTIONS[method], image_size=16, channels=3)
+        cfg = RunConfig(method=method)
+        cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 8, False
+        data = (np.random.default_rng(0).random((64, 16, 16, 3)) * 255).astype(np.uint8)
+        engine.train(m, data, cfg, run_dir, log=lambda s: None)
+        state = {"queue": m.queue, "queue_ptr": m.queue_ptr} if method == "moco" else {"center": m.center}
+        weights = {n: p.detach() for n, p in m.named_parameters()}  # online and EMA target networks
+        torch.save({**state, "weights": weights}, out.format(rank=rank))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["moco", "dino"])
+def test_queue_and_centre_are_identical_on_every_rank(method, tmp_path):
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(train_worker, args=(method, str(tmp_path / "init"), out, str(tmp_path / "run")), nprocs=WORLD, join=True)
+    a, b = (torch.load(out.format(rank=r), weights_only=True) for r in range(WORLD))
+    for key in a:
+        if key == "weights":
+            for name in a[key]:
+                assert torch.equal(a[key][name], b[key][name]), name  # DDP keeps the replicas equal
+        else:
+            assert torch.equal(a[key], b[key]), key
+    assert (tmp_path / "run" / "last.pt").is_file()  # rank 0 wrote the checkpoint

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import yaml
 
+from selfsup import distributed
 from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides
 from selfsup.data import Dataset, as_dataset, hold_out_test
 from selfsup.data.text import TextOptions, TextSet
@@ -219,6 +220,8 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     already holds a run is never replaced unless ``overwrite=True``; ``method`` defaults to
     simclr for a new run and to the saved one on resume.
     """
+    if not distributed.from_env().is_main:  # under torchrun, rank 0 alone speaks and writes
+        log = distributed.silent
     extra: dict[str, Any] = {}
     for k, v in shorthands.items():
         if k not in SHORTHANDS:
@@ -275,8 +278,10 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
 
     log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
     history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files)
-    export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
+    if distributed.from_env().is_main:
+        export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
     return Run(cfg, run_dir, m, ds, history)
+
 
 
 def check_modalities(cfg: RunConfig, ds: Dataset) -> None:

@@ -208,6 +208,10 @@ def cmd_pretrain(a) -> None:
                    optimizer=a.optimizer, image_size=a.image_size, num_train=a.num_train, seed=a.seed,
                    device=a.device, max_steps=a.max_steps, out_dir=a.out,
                    progress=False if a.no_progress else None)
+    from selfsup import distributed
+
+    if not distributed.from_env().is_main:
+        return
     if not run.history:
         print(f"done: nothing trained; encoder in {run.run_dir / 'encoder.safetensors'}")
         return
@@ -343,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = formatwarning
+        from selfsup import distributed
+
+        distributed.cleanup()
     return 0
 
 

@@ -41,6 +41,10 @@ class World:
         return self.world_size > 1
 
 
+def silent(_message: str) -> None:
+    """The log of every rank but 0: under torchrun, rank 0 alone speaks."""
+
+
 def from_env() -> World:
     """The world torchrun describes in the environment (one process without it)."""
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -118,3 +122,9 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def cleanup() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 
 from selfsup.data.views import STRONG_VIEWS, augment, build_views, dino_views
 from selfsup.errors import SelfSupError
+from selfsup import distributed
 from selfsup.methods.base import METHODS, Method, momentum_update
 from selfsup.methods.losses import dino_center_update, dino_diagnostics, dino_loss
 from selfsup.models import Encoder
@@ -231,7 +232,8 @@ class DINO(Method):
         loss = dino_loss(student_out, teacher_out, center, self.cfg.student_temp, temp)
         logs = dino_diagnostics(student_out, teacher_out, center, self.cfg.student_temp, temp)
         # the centre is updated only after the loss used the old one
-        self.center.copy_(dino_center_update(self.center, teacher_out, self.cfg.center_momentum))
+        gather = distributed.gather if distributed.current().distributed else None  # the global batch's mean
+        self.center.copy_(dino_center_update(self.center, teacher_out, self.cfg.center_momentum, gather=gather))
         return loss, {**logs, "teacher_temp": temp}
 
     def before_optimizer_step(self) -> None:

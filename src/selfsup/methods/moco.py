@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from selfsup import distributed
 from selfsup.data.views import STRONG_VIEWS, augment, build_views, moco_v2_views
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import METHODS, Method, momentum_update, normalized_std
@@ -104,25 +105,35 @@ class MoCo(Method):
 
     @torch.no_grad()
     def keys(self, x_k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Unit keys (N, D) of the key views: shuffle, split-BN forward, unshuffle."""
-        perm = torch.randperm(len(x_k), generator=generator).to(x_k.device)  # (N,)
-        k = self.key_head(self.split_forward(self.key_encoder, x_k[perm]))  # (N, D), shuffled order
-        k = k[torch.argsort(perm)]  # (N, D), back in batch order
-        return F.normalize(k.to(self.queue.dtype), dim=1)
+        """Unit keys (N, D) of the key views: shuffle, split-BN forward, unshuffle.  Under
+        several processes the shuffle runs over the global batch (shuffle-BN across
+        processes): every rank draws the same permutation from its generator (all ranks
+        share the seed), encodes its slice of the shuffled global batch and takes back its
+        own keys."""
+        n = len(x_k)
+        x_all, offset = distributed.gather(x_k)  # (world * N, C, S, S); itself in one process
+        perm = torch.randperm(len(x_all), generator=generator).to(x_k.device)  # (world * N,)
+        mine = perm[offset:offset + n]  # the shuffled rows this rank encodes
+        k = self.key_head(self.split_forward(self.key_encoder, x_all[mine]))  # (N, D), shuffled order
+        k_all, _ = distributed.gather(k)  # (world * N, D): row j is the key of image perm[j]
+        k_all = k_all[torch.argsort(perm)]  # back in global batch order
+        return F.normalize(k_all[offset:offset + n].to(self.queue.dtype), dim=1)  # (N, D)
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
-        """Write the batch's keys (N, D) at ``queue_ptr`` and advance it (ring buffer)."""
+        """Write the batch's keys (N, D) -- every rank's, gathered, so that the queue is the
+        same on all -- at ``queue_ptr`` and advance it (ring buffer)."""
+        k, _ = distributed.gather(k)  # (world * N, D)
         n, ptr = k.shape[0], int(self.queue_ptr)
         self.queue[ptr:ptr + n] = k
         self.queue_ptr.fill_((ptr + n) % self.cfg.queue_size)
 
     def training_step(self, x, generator):
-        n = x.shape[0]
-        per_step = 2 * n if self.cfg.symmetric else n  # keys enqueued per step
+        n, world = x.shape[0], distributed.current().world_size
+        per_step = (2 * n if self.cfg.symmetric else n) * world  # keys enqueued per step, every rank's
         if self.cfg.queue_size % per_step:
             raise SelfSupError(f"moco queue_size {self.cfg.queue_size} must be a multiple of the {per_step} "
-                               f"keys enqueued per step (batch size {n}"
+                               f"keys enqueued per step (global batch size {n * world}"
                                f"{', x2 for the symmetric loss' if self.cfg.symmetric else ''}); set "
                                f"method_cfg.queue_size to e.g. {per_step * max(1, self.cfg.queue_size // per_step)}")
         momentum_update(self.encoder, self.key_encoder, self.cfg.momentum)  # 1. key encoder first

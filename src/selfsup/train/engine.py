@@ -66,7 +66,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
     device = select_device(tc.device)
     world = distributed.setup(device)
     if not world.is_main:
-        log = _silent
+        log = distributed.silent
     if device.type == "cpu":
         keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
     if tc.threads:
@@ -264,10 +264,6 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         raise SelfSupError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _silent(_message: str) -> None:
-    """The log of ranks other than 0: they print nothing."""
 
 
 def _position(loader: Loader, step: int, n: int) -> dict[str, int]:
