@@ -216,3 +216,37 @@ def test_queue_and_centre_are_identical_on_every_rank(method, tmp_path):
         else:
             assert torch.equal(a[key], b[key]), key
     assert (tmp_path / "run" / "last.pt").is_file()  # rank 0 wrote the checkpoint
+
+
+def features_worker(rank: int, init_file: str, out: str) -> None:
+    import numpy as np
+
+    from selfsup.eval.features import extract_features
+    from selfsup.models import create_backbone
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+        data = (np.random.default_rng(0).random((37, 16, 16, 3)) * 255).astype(np.uint8)  # 37: uneven shards
+        torch.save(extract_features(enc, data, batch_size=8, amp=False), out.format(rank=rank))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_features_are_extracted_by_shard_and_gathered_in_order(tmp_path):
+    import numpy as np
+
+    from selfsup.eval.features import extract_features
+    from selfsup.models import create_backbone
+
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(features_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+    data = (np.random.default_rng(0).random((37, 16, 16, 3)) * 255).astype(np.uint8)
+    want = extract_features(enc, data, batch_size=8, amp=False)
+    for r in range(WORLD):
+        assert torch.allclose(torch.load(out.format(rank=r), weights_only=True), want, atol=1e-6)

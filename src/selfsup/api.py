@@ -389,9 +389,9 @@ def evaluate(encoder: Encoder | str | Path, data: Any = "shapes", *, k: int = 20
     if labelled:
         result.update(_frozen_probes(enc, ds, k=k, temperature=temperature, linear=linear, progress=progress,
                                      amp=amp))
-    if out is not None:
+    if out is not None and distributed.from_env().is_main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        atomic_write_text(Path(out), json.dumps(result, indent=2))
     return result
 
 

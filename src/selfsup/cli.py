@@ -227,7 +227,10 @@ def cmd_evaluate(a) -> None:
     out = a.out or (Path(a.run) / "eval.json" if Path(a.run).is_dir() else None)
     res = evaluate(a.run, a.data, k=a.k, temperature=a.temperature, linear=not a.no_linear, out=out,
                    progress=True, amp=not a.no_amp, text=_text_options(a))
-    print(json.dumps(res, indent=2))
+    from selfsup import distributed
+
+    if distributed.from_env().is_main:
+        print(json.dumps(res, indent=2))
 
 
 def cmd_label_efficiency(a) -> None:
@@ -333,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # a user-facing warning is one line, without a source path
     try:
+        if args.command in ("pretrain", "evaluate"):  # under torchrun: join the job's process group
+            from selfsup import distributed
+            from selfsup.models.runtime import select_device
+
+            distributed.setup(select_device(getattr(args, "device", None) or "auto"))
         COMMANDS[args.command](args)
     except SelfSupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -63,6 +63,7 @@ class TrainConfig:
     log_every: int = 10                # write a metrics line every n steps
     max_steps: int | None = None       # stop (and checkpoint) after this many steps; resume later
     progress: bool = True              # show a progress bar
+    sync_bn: bool = False              # under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     tensorboard: bool = False          # also log the metrics as TensorBoard events in RUN/tensorboard (pip install tensorboard)
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
+from selfsup import distributed
 from selfsup.data import to_input
 from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
@@ -34,20 +36,33 @@ def extract_features(encoder: nn.Module, data, *, batch_size: int = 512,
     fast_layout(encoder, device)
     if device.type == "cpu":
         keep_freed_memory()
-    loader = Loader(samples, batch_size, shuffle=False, drop_last=False, pin_memory=device.type == "cuda")
+    world = distributed.current()
+    loader = Loader(samples, batch_size, shuffle=False, drop_last=False, pin_memory=device.type == "cuda",
+                    rank=world.rank, world_size=world.world_size)  # under torchrun each rank reads its shard
     batches = loader.epoch()
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=loader.steps_per_epoch, desc="features", unit="batch", leave=False)
-    parts = []
+    parts, seen = [], []
     with eval_mode(encoder), precision.autocast():
         for idx, images in batches:
             h = encoder(to_input(images, device)).float().cpu()  # (B, D)
-            if out is None:
+            if out is None or world.distributed:
                 parts.append(h)
+                seen.append(idx)
             else:
                 out[idx] = h.numpy()
+    if world.distributed:  # every rank's shard, to every rank, in sample order
+        shards = [None] * world.world_size
+        dist.all_gather_object(shards, (np.concatenate(seen) if seen else np.zeros(0, np.int64),
+                                        torch.cat(parts) if parts else torch.zeros(0, encoder.num_features)))
+        feats = torch.zeros(len(samples), encoder.num_features)
+        for idx, h in shards:
+            feats[torch.from_numpy(idx)] = h
+        if out is None:
+            return feats
+        out[:] = feats.numpy()
     if out is not None:
         return torch.from_numpy(np.asarray(out))
     return torch.cat(parts) if parts else torch.zeros(0, getattr(encoder, "num_features", 0))

@@ -93,6 +93,12 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
     wd_end = oc.weight_decay if oc.weight_decay_end is None else oc.weight_decay_end
     wd_sched = cosine_schedule(oc.weight_decay, wd_end, total)
     method.setup_schedules(total, steps_per_epoch)
+    if tc.sync_bn:
+        if device.type != "cuda":
+            raise SelfSupError("train.sync_bn needs CUDA: torch's SyncBatchNorm does not run on the CPU (MoCo's "
+                               "shuffle-BN across processes needs none); drop train.sync_bn")
+        if world.distributed:
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # same parameter names
     fast_layout(method.to(device), device)
     if tc.compile:
         if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
