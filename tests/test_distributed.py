@@ -15,7 +15,7 @@ WORLD = 2
 BATCH = 8  # the global batch: 4 images per process
 
 
-METHODS = ["simclr", "moco", "byol", "dino", "mae", "autoencoder", "mlm"]
+METHODS = ["simclr", "moco", "byol", "dino", "mae", "autoencoder", "denoising_autoencoder", "mlm"]
 OPTIONS = {"moco": {"queue_size": 64}, "dino": {"out_dim": 64, "n_local": 2}}
 
 
@@ -37,7 +37,7 @@ def build(method: str):
     return m.double().eval()
 
 
-def fixed_views(module):
+def fixed_views(module, setattr=setattr):
     """Replace the method module's random views by fixed functions of each sample: the
     first view of a step is the image, the second its mirror; MLM masks the second real
     token of every sentence (so every rank scores as many tokens)."""
@@ -53,9 +53,14 @@ def fixed_views(module):
         return torch.where(labels != -100, torch.full_like(ids, mask_id), ids), labels
 
     if hasattr(module, "augment"):
-        module.augment = augment
+        setattr(module, "augment", augment)
     if hasattr(module, "mask_tokens"):
-        module.mask_tokens = mask_tokens
+        setattr(module, "mask_tokens", mask_tokens)
+
+
+def module(method: str) -> str:
+    """The file a method lives in."""
+    return "autoencoder" if method == "denoising_autoencoder" else method
 
 
 def tokens():
@@ -78,11 +83,13 @@ def batch(method: str) -> torch.Tensor:
 
 
 def generator(method: str, m, rank: int, share: int) -> torch.Generator:
-    """The step's generator; MAE's mask noise is one (N, L) draw, so rank r first skips the
-    rows of the ranks before it and gets exactly the rows one process would give its images."""
+    """The step's generator.  MAE's mask noise and the denoising autoencoder's masking are
+    one (N, L) / (N, C*H*W) uniform draw each, so rank r first skips the rows of the ranks
+    before it and gets exactly the rows one process would give its images."""
     gen = torch.Generator().manual_seed(0)
-    if method == "mae" and rank:
-        torch.rand(rank * share, m.num_patches, generator=gen)
+    per_sample = {"mae": lambda: m.num_patches, "denoising_autoencoder": lambda: 3 * 16 * 16}
+    if method in per_sample and rank:
+        torch.rand(rank * share, per_sample[method](), generator=gen)
     return gen
 
 
@@ -90,16 +97,21 @@ def gradients(m) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in m.trainable_parameters() if p.grad is not None}
 
 
+def join(rank: int, init_file: str) -> None:
+    """Make this spawned process rank ``rank`` of a 2-process gloo group, as torchrun would."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+
+
 def worker(rank: int, method: str, init_file: str, out: str) -> None:
     import importlib
 
     from selfsup import distributed
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    join(rank, init_file)
     try:
-        fixed_views(importlib.import_module(f"selfsup.methods.{method}"))
+        fixed_views(importlib.import_module(f"selfsup.methods.{module(method)}"))
         m = build(method)
         step = distributed.training_step(m, torch.device("cpu"))
         share = BATCH // WORLD
@@ -114,7 +126,7 @@ def worker(rank: int, method: str, init_file: str, out: str) -> None:
 def test_two_processes_match_one_on_the_joint_batch(method, tmp_path, monkeypatch):
     import importlib
 
-    fixed_views(importlib.import_module(f"selfsup.methods.{method}"))
+    fixed_views(importlib.import_module(f"selfsup.methods.{module(method)}"), monkeypatch.setattr)  # undone after
     m = build(method)
     loss, _ = m.training_step(batch(method), generator(method, m, 0, BATCH))
     loss.backward()
@@ -186,9 +198,7 @@ def train_worker(rank: int, method: str, init_file: str, out: str, run_dir: str)
     from selfsup.models import create_backbone
     from selfsup.train import engine
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    join(rank, init_file)
     try:
         torch.manual_seed(0)
         enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
@@ -224,9 +234,7 @@ def features_worker(rank: int, init_file: str, out: str) -> None:
     from selfsup.eval.features import extract_features
     from selfsup.models import create_backbone
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    join(rank, init_file)
     try:
         torch.manual_seed(0)
         enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
@@ -250,3 +258,16 @@ def test_features_are_extracted_by_shard_and_gathered_in_order(tmp_path):
     want = extract_features(enc, data, batch_size=8, amp=False)
     for r in range(WORLD):
         assert torch.allclose(torch.load(out.format(rank=r), weights_only=True), want, atol=1e-6)
+
+
+def test_sync_bn_on_the_cpu_is_a_one_line_error(tmp_path):
+    from selfsup.errors import SelfSupError
+    from selfsup.train import engine
+
+    from test_engine import images, tiny_setup
+
+    m, cfg = tiny_setup(tmp_path)
+    cfg.train.sync_bn = True
+    with pytest.raises(SelfSupError, match="train.sync_bn needs CUDA"):
+        engine.train(m, images(), cfg, tmp_path / "r", log=lambda s: None)
+    assert not (tmp_path / "r").exists()  # a run that never started leaves nothing

@@ -220,8 +220,7 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     already holds a run is never replaced unless ``overwrite=True``; ``method`` defaults to
     simclr for a new run and to the saved one on resume.
     """
-    if not distributed.from_env().is_main:  # under torchrun, rank 0 alone speaks and writes
-        log = distributed.silent
+    log = distributed.rank_log(log, distributed.from_env())  # under torchrun, rank 0 alone speaks and writes
     extra: dict[str, Any] = {}
     for k, v in shorthands.items():
         if k not in SHORTHANDS:

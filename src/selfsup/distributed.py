@@ -45,6 +45,21 @@ def silent(_message: str) -> None:
     """The log of every rank but 0: under torchrun, rank 0 alone speaks."""
 
 
+def rank_log(log, world: World):
+    """``log`` on rank 0; on the others nothing, or -- with ``SELFSUP_LOG_ALL_RANKS=1`` --
+    ``log`` with a ``[rank r]`` prefix."""
+    if world.is_main or log is silent or getattr(log, "rank_prefixed", False):
+        return log
+    if os.environ.get("SELFSUP_LOG_ALL_RANKS") != "1":
+        return silent
+
+    def prefixed(message: str) -> None:
+        log(f"[rank {world.rank}] {message}")
+
+    prefixed.rank_prefixed = True
+    return prefixed
+
+
 def from_env() -> World:
     """The world torchrun describes in the environment (one process without it)."""
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),

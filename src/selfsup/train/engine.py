@@ -65,8 +65,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
     tc, oc = cfg.train, cfg.optim
     device = select_device(tc.device)
     world = distributed.setup(device)
-    if not world.is_main:
-        log = distributed.silent
+    log = distributed.rank_log(log, world)
     if device.type == "cpu":
         keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
     if tc.threads:
