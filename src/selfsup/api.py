@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from selfsup import distributed
-from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides
+from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides, read_run_config
 from selfsup.data import Dataset, as_dataset, hold_out_test
 from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
@@ -433,9 +433,9 @@ def _run_method(encoder: Any) -> Method | None:
         return None
     p = Path(encoder)
     if p.is_dir():  # the run's config says which method, without reading the checkpoint
-        if not (p / "config.yaml").is_file() or not (p / checkpoint.CHECKPOINT).is_file():
+        if not (p / checkpoint.CHECKPOINT).is_file():
             return None
-        name = (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("method")
+        name = read_run_config(p).get("method")
         return load_method(p) if name in METHODS and hasattr(METHODS.get(name), "heldout_metrics") else None
     if not p.is_file() or not checkpoint.is_torch_file(p):
         return None
@@ -569,7 +569,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, *, summarize: boo
     run = Path(run_dir)
     if not run.is_dir():
         raise SelfSupError(f"no run folder at {run}")
-    if summarize and not (run / SUMMARY).is_file() and (run / "config.yaml").is_file():
+    if summarize and not (run / SUMMARY).is_file() and read_run_config(run):
         summary = _summary(run, log)
         if summary is not None:
             result, xy, labels, classes = summary
@@ -583,7 +583,7 @@ def _summary(run: Path, log: Callable[[str], None]):
     from selfsup.eval.label_efficiency import fresh_copy
     from selfsup.output import plots
 
-    cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    cfg = from_dict(read_run_config(run))
     if cfg.data.source.startswith(PYTHON_SOURCE):
         return {"note": "the run was trained on a Python object: evaluate it with selfsup.evaluate(run, data)"}, \
             None, None, None

@@ -175,6 +175,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return _flatten(data)
 
 
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.yaml`` a run folder holds, as a dict; ``{}`` when it is absent or unreadable."""
+    try:
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def from_dict(d: dict[str, Any]) -> RunConfig:
     """Rebuild a :class:`RunConfig` saved with :meth:`RunConfig.to_dict`."""
     return apply_overrides(RunConfig(), _flatten(d))

@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from selfsup.config import read_run_config
+
 SECTIONS = ("summary", "curves", "results", "images", "env", "config")
 SUMMARY, SUMMARY_MAP = "summary.json", "summary_map.png"
 MAX_IMAGE_BYTES = 20 * 2**20  # larger PNGs are listed, not embedded
@@ -134,14 +136,7 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def _summary_section(run: Path) -> str:
-    import yaml
-
-    cfg = {}
-    if (run / "config.yaml").is_file():
-        try:
-            cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        except yaml.YAMLError:
-            cfg = {}
+    cfg = read_run_config(run)
     data, err = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else (None, None)
     if not cfg and data is None:
         return ""
@@ -227,12 +222,10 @@ _BUILDERS = {"summary": _summary_section, "config": _config_section, "env": _env
 
 
 def _title(run: Path) -> str:
-    import yaml
-
+    cfg = read_run_config(run)
     try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
         return f"{cfg['method']} on {cfg['data']['source']} ({cfg['backbone']}): {run.resolve().name}"
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return run.resolve().name
 
 
