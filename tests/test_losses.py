@@ -182,6 +182,24 @@ def test_regression_loss_per_sample():
 
 
 # --------------------------------------------------------------------------- DINO
+def test_koleo_matches_naive_loop_and_penalises_close_pairs():
+    z = randn(7, 5, seed=3)
+    x = [v / v.norm() for v in z]
+    naive = -sum(math.log(min((x[i] - x[j]).norm().item() for j in range(7) if j != i) + 1e-8)
+                 for i in range(7)) / 7
+    assert L.koleo_loss(z).item() == pytest.approx(naive, rel=1e-6)
+    spread = torch.eye(4, dtype=f64)  # orthogonal: every nearest distance sqrt(2)
+    assert L.koleo_loss(spread).item() == pytest.approx(-math.log(math.sqrt(2)), rel=1e-6)
+    close = spread.clone()
+    close[1] = close[0] + 0.01 * close[1]  # two rows almost the same direction
+    assert L.koleo_loss(close).item() > L.koleo_loss(spread).item() + 1.0
+    z.requires_grad_(True)
+    L.koleo_loss(z).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="N >= 2"):
+        L.koleo_loss(z[:1])
+
+
 def test_dino_uniform_gives_log_k():
     n, k = 3, 10
     student = [torch.full((n, k), 0.7, dtype=f64) for _ in range(5)]

@@ -34,7 +34,9 @@ from selfsup.errors import SelfSupError
 from selfsup.files import atomic_write_text
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.label_efficiency import fresh_copy
 from selfsup.eval.linear import linear_probe_accuracy
+from selfsup.eval.monitor import OnlineMonitor
 from selfsup.methods import METHODS, Method, create_method
 from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebuild_encoder
 from selfsup.models.backbones import backbone_builder
@@ -108,6 +110,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.epochs >= 1, "train.epochs", "at least 1"), (t.batch_size >= 1, "train.batch_size", "at least 1"),
         (t.threads >= 0, "train.threads", "at least 0 (0 = torch's default)"),
         (t.log_every >= 1, "train.log_every", "at least 1"),
+        (t.monitor_every >= 0, "train.monitor_every", "at least 0 (0 = off)"),
+        (t.monitor_samples >= 2, "train.monitor_samples", "at least 2"),
         (t.checkpoint_every >= 0, "train.checkpoint_every", "at least 0 (0 = at epoch ends)"),
         (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "at least 1"),
         (d.num_train is None or d.num_train >= 1, "data.num_train", "at least 1"),
@@ -276,7 +280,12 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
                                      json.dumps({**versions(), "precision": str(precision)}, indent=2))
 
     log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
-    history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files)
+    monitor = None
+    if cfg.train.monitor_every:
+        monitor = OnlineMonitor(ds.train, fresh_copy(encoder, cfg.train.seed), samples=cfg.train.monitor_samples,
+                                seed=cfg.train.seed, amp=cfg.train.amp)
+    history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files,
+                           monitor=monitor)
     if distributed.from_env().is_main:
         export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
     return Run(cfg, run_dir, m, ds, history)
@@ -514,7 +523,6 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
     factor and a nearest-neighbour retrieval grid.
     """
     from selfsup.eval import diagnostics
-    from selfsup.eval.label_efficiency import fresh_copy
     from selfsup.output import plots
 
     enc = _as_encoder(encoder).cpu().eval()
@@ -580,7 +588,6 @@ def report(run_dir: str | Path, out: str | Path | None = None, *, summarize: boo
 
 
 def _summary(run: Path, log: Callable[[str], None]):
-    from selfsup.eval.label_efficiency import fresh_copy
     from selfsup.output import plots
 
     cfg = from_dict(read_run_config(run))

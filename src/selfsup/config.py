@@ -65,6 +65,8 @@ class TrainConfig:
     progress: bool = True              # show a progress bar
     sync_bn: bool = False              # under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     tensorboard: bool = False          # also log the metrics as TensorBoard events in RUN/tensorboard (pip install tensorboard)
+    monitor_every: int = 1             # epochs between online-monitor checks (kNN on labelled data, effective rank); 0 = off
+    monitor_samples: int = 1000        # training samples the online monitor embeds at each check
 
 
 @dataclass

@@ -14,6 +14,15 @@ SPLIT_SEED = 0  # fixes the train/test split
 TEST_FRACTION = 0.2
 
 
+def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed stratified 80/20 (train, test) split of the 1797 digits, sorted indices."""
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels,
+                                           random_state=SPLIT_SEED)
+    return np.sort(train_idx), np.sort(test_idx)
+
+
 @DATASETS.register("digits", help="scikit-learn's 1797 8x8 grayscale digits, 10 classes (built in)")
 def build(
     path: str | None = None,
@@ -26,7 +35,6 @@ def build(
 ) -> Dataset:
     """The ``digits`` source; ``image_size`` resizes, ``num_*`` subsample with ``seed``."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     check_path("digits", path, required=False)
     bunch = load_digits()
@@ -39,14 +47,9 @@ def build(
         ids=np.array([f"digits/{i:04d}" for i in range(len(images))]),
         classes=[str(c) for c in bunch.target_names],
     )
-    train_idx, test_idx = train_test_split(
-        np.arange(len(images)),
-        test_size=TEST_FRACTION,
-        stratify=bunch.target,
-        random_state=SPLIT_SEED,
-    )
+    train_idx, test_idx = split_indices(bunch.target)
     return Dataset(
         name="digits",
-        train=random_subset(everything.subset(np.sort(train_idx)), num_train, seed),
-        test=random_subset(everything.subset(np.sort(test_idx)), num_test, seed),
+        train=random_subset(everything.subset(train_idx), num_train, seed),
+        test=random_subset(everything.subset(test_idx), num_test, seed),
     )

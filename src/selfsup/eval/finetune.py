@@ -11,6 +11,19 @@ augmentation (images: random resized crop of area 0.35-1 and flips; text: none, 
 fixed budget of steps.  With ``val_fraction > 0`` a stratified validation split
 is carved from the *training labels* (never the test split); the weights with the best
 validation accuracy are kept (early stopping).
+
+``linear_init`` is LP-FT (Kumar et al. 2022, "Fine-tuning can distort pretrained features
+and underperform out-of-distribution"): the head starts as a linear probe fitted to
+convergence on the frozen features of the training part (:mod:`selfsup.eval.linear`,
+its standardisation folded into the weights), so fine-tuning starts from the probe's
+predictions instead of a random head whose gradients first wreck the features.  The
+probe is also the first candidate of the early stopping: fine-tuned weights replace it
+only when they are strictly more accurate on the validation split, and when none is, the
+result *is* the probe -- refitted on all the labels, as the linear-probe protocol fits
+it -- so fine-tuning can only fall below the probe by the validation split's noise.
+``freeze_bn`` keeps BatchNorm layers on their running statistics while the rest trains
+(with a few dozen labels, batch statistics differ from the ones the probe was fitted
+with, which shifts every feature at the first step).
 """
 from __future__ import annotations
 
@@ -28,6 +41,7 @@ from selfsup.data import SampleSet, to_input
 from selfsup.data.splits import stratified_split
 from selfsup.data.views import classifier_augment
 from selfsup.eval.features import extract_features
+from selfsup.eval.linear import LinearProbe, train_linear_probe
 from selfsup.models import Encoder
 from selfsup.models.runtime import choose_precision, fast_layout
 from selfsup.schedules import cosine_schedule
@@ -47,6 +61,8 @@ class ClassifierConfig:
     val_fraction: float = 0.0        # labels held out for early stopping (0 = off)
     eval_every: int = 50             # steps between validation checks
     patience: int = 5                # stop after this many checks without improvement
+    linear_init: bool = False        # LP-FT: start from a fitted linear probe, keep it unless fine-tuning beats it
+    freeze_bn: bool = False          # BatchNorm layers use (and keep) their running statistics
     seed: int = 0
     amp: bool = True                 # bf16 autocast where the hardware has it (models.runtime)
 
@@ -56,9 +72,31 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.num_features, num_classes)
+        self.kept_probe = False  # LP-FT: True when fine-tuning did not beat the linear probe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
+
+    def train(self, mode: bool = True, freeze_bn: bool = False) -> "Classifier":
+        super().train(mode)
+        if mode and freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    @torch.no_grad()
+    def set_head(self, probe: LinearProbe) -> None:
+        """Make the head compute ``probe``: its standardisation folded into the weights."""
+        weight = probe.weight / probe.std  # (C, D)
+        self.head.weight.copy_(weight)
+        self.head.bias.copy_(probe.bias - weight @ probe.mean)
+
+
+def _fit_probe(model: Classifier, samples: SampleSet, num_classes: int, cfg: ClassifierConfig) -> None:
+    feats = extract_features(model.encoder, samples, amp=cfg.amp)  # (N, D), eval mode
+    labels = torch.from_numpy(np.asarray(samples.labels))
+    model.set_head(train_linear_probe(feats, labels, num_classes=num_classes, seed=cfg.seed))
 
 
 def _layer_scale(name: str, num_blocks: int, decay: float | None) -> float:
@@ -88,7 +126,7 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
                      progress: bool = False) -> Classifier:
     """Train ``encoder`` + a linear head on the labelled ``samples`` (images or text)."""
     device = torch.device(device)
-    val_samples = None
+    all_samples, val_samples = samples, None
     if cfg.val_fraction > 0:
         train_idx, val_idx = stratified_split(np.asarray(samples.labels), cfg.val_fraction, cfg.seed)
         if len(val_idx) >= num_classes:  # enough labels to hold some out
@@ -97,6 +135,11 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
     model = fast_layout(Classifier(encoder, num_classes).to(device), device)
     precision = choose_precision(device, cfg.amp)
     nn.init.zeros_(model.head.bias)
+    best, best_state, checks_without_gain = -1.0, None, 0
+    if cfg.linear_init:
+        _fit_probe(model, samples, num_classes, cfg)
+        if val_samples is not None:  # the probe is the candidate to beat
+            best, best_state = classifier_accuracy(model, val_samples, amp=cfg.amp), "probe"
     groups = _encoder_groups(model.encoder, cfg)
     groups += [dict(g, lr_scale=1.0) for g in param_groups(list(model.head.named_parameters()),
                                                           cfg.weight_decay)]
@@ -108,8 +151,8 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
     n = len(samples)
     bs = min(cfg.batch_size, n)
     order, pos = torch.randperm(n, generator=gen), 0
-    best, best_state, checks_without_gain = -1.0, None, 0
-    model.train()
+    start = copy.deepcopy(model.encoder.state_dict()) if best_state == "probe" else None
+    model.train(freeze_bn=cfg.freeze_bn)
     steps = range(cfg.steps)
     if progress:
         from tqdm.auto import tqdm
@@ -131,14 +174,18 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
         opt.step()
         if val_samples is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             acc = classifier_accuracy(model, val_samples, amp=cfg.amp)
-            model.train()
+            model.train(freeze_bn=cfg.freeze_bn)
             if acc > best:
                 best, best_state, checks_without_gain = acc, copy.deepcopy(model.state_dict()), 0
             else:
                 checks_without_gain += 1
                 if checks_without_gain >= cfg.patience:
                     break
-    if best_state is not None:
+    if best_state == "probe":  # fine-tuning never beat the probe: the probe, fitted on every label
+        model.encoder.load_state_dict(start)
+        model.kept_probe = True
+        _fit_probe(model, all_samples, num_classes, cfg)
+    elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return model

@@ -51,6 +51,7 @@ class StudyConfig:
     protocols: tuple[str, ...] | None = None          # None = all that apply: DEFAULT_PROTOCOLS of the modality
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # fine-tune and scratch budget
     finetune_backbone_lr_scale: float = 1.0            # backbone lr / head lr when fine-tuning
+    finetune_freeze_bn: bool = False                   # fine-tuning keeps BatchNorm on its running statistics
 
 
 def fresh_copy(encoder: Encoder, seed: int) -> Encoder:
@@ -100,9 +101,11 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
                 row["linear"] = linear_probe_accuracy(ftr[idx], ytr[idx], fte, yte, num_classes=c, seed=seed)
             clf = replace(cfg.classifier, seed=seed)
             if "finetune" in protocols:
-                ft_cfg = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, val_fraction=0.1)
+                ft_cfg = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, val_fraction=0.1,
+                                 linear_init=True, freeze_bn=cfg.finetune_freeze_bn)
                 model = train_classifier(copy.deepcopy(encoder), train.subset(idx), c, ft_cfg)
                 row["finetune"] = classifier_accuracy(model, test, amp=amp)
+                row["finetune_kept_probe"] = model.kept_probe
             if "scratch" in protocols:
                 model = train_classifier(fresh_copy(encoder, seed), train.subset(idx), c, replace(clf, val_fraction=0.1))
                 row["scratch"] = classifier_accuracy(model, test, amp=amp)

@@ -73,7 +73,7 @@ from selfsup.data.views import STRONG_VIEWS, augment, build_views, dino_views
 from selfsup.errors import SelfSupError
 from selfsup import distributed
 from selfsup.methods.base import METHODS, Method, momentum_update
-from selfsup.methods.losses import dino_center_update, dino_diagnostics, dino_loss
+from selfsup.methods.losses import dino_center_update, dino_diagnostics, dino_loss, koleo_loss
 from selfsup.models import Encoder
 from selfsup.models import eval_mode
 from selfsup.schedules import cosine_schedule
@@ -135,6 +135,7 @@ class DINOConfig:
     centering: bool = True             # False removes centering: the teacher goes one-hot (collapse demo)
     freeze_last_layer: float = 1.0     # epochs during which head.last_layer is not trained
     clip_grad: float = 3.0             # max grad norm of *each* parameter tensor (0 = off)
+    koleo_weight: float = 0.0          # DINOv2's KoLeo regulariser on the student's global-crop features (0.1 in DINOv2)
     views: dict[str, Any] = field(default_factory=dict)        # ViewConfig overrides for the global crops
     local_views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides for the local crops
 
@@ -207,15 +208,16 @@ class DINO(Method):
         return float(schedule[min(int(self.step), len(schedule) - 1)])
 
     def crops(self, x: torch.Tensor, generator: torch.Generator
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Student outputs for all crops (2 globals first) and teacher outputs for the globals:
-        lists of (N, K) tensors, of length 2 + n_local and 2."""
+        lists of (N, K) tensors, of length 2 + n_local and 2; and the student's backbone
+        features of the two global crops (2N, D)."""
         n_crops = 2 + self.cfg.n_local
         globals_ = torch.cat([augment(x, self.global1, generator),
                               augment(x, self.global2, generator)])  # (2N, C, S, S)
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_encoder(globals_))  # (2N, K)
-        h = self.encoder(globals_)  # (2N, D)
+        h = h_globals = self.encoder(globals_)  # (2N, D)
         if self.cfg.n_local:
             # local crops have another resolution: a second batch through the backbone
             locals_ = torch.cat([augment(x, self.local, generator)
@@ -223,14 +225,18 @@ class DINO(Method):
             h = torch.cat([h, self.encoder(locals_)])  # ((2 + n_local) N, D)
         frozen = int(self.step) < self.freeze_steps
         student = self.head(h, freeze_last_layer=frozen)  # ((2 + n_local) N, K)
-        return list(student.chunk(n_crops)), list(teacher.chunk(2))
+        return list(student.chunk(n_crops)), list(teacher.chunk(2)), h_globals
 
     def training_step(self, x, generator):
-        student_out, teacher_out = self.crops(x, generator)
+        student_out, teacher_out, h = self.crops(x, generator)
         temp = self._at(self.teacher_temp_schedule)
         center = self.center if self.cfg.centering else torch.zeros_like(self.center)
         loss = dino_loss(student_out, teacher_out, center, self.cfg.student_temp, temp)
         logs = dino_diagnostics(student_out, teacher_out, center, self.cfg.student_temp, temp)
+        if self.cfg.koleo_weight:  # each global crop's batch separately, as DINOv2
+            koleo = sum(koleo_loss(part) for part in h.chunk(2)) / 2
+            loss = loss + self.cfg.koleo_weight * koleo
+            logs["koleo"] = koleo.item()
         # the centre is updated only after the loss used the old one
         gather = distributed.gather if distributed.current().distributed else None  # the global batch's mean
         self.center.copy_(dino_center_update(self.center, teacher_out, self.cfg.center_momentum, gather=gather))

@@ -268,6 +268,28 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- DINO
+@_float32
+def koleo_loss(z: Tensor, eps: float = 1e-8) -> Tensor:
+    r"""Kozachenko-Leonenko entropy regulariser (Sablayrolles et al. 2019; DINOv2, Oquab
+    et al. 2023, Sec. 4)::
+
+        L = -1/N sum_i log( min_{j != i} || x_i - x_j || + eps ),   x = z / |z|
+
+    It grows as two samples of the batch approach each other, so minimising it spreads
+    the batch uniformly over the sphere: a bottleneck that maps every image to nearly one
+    direction is penalised.  ``z`` (N, D), N >= 2.
+    """
+    if z.dim() != 2 or len(z) < 2:
+        raise ValueError(f"koleo_loss needs (N, D) with N >= 2, got shape {tuple(z.shape)}")
+    x = F.normalize(z, dim=1)
+    with torch.no_grad():  # the nearest neighbour of each row (DINOv2 picks it by inner product)
+        sims = x @ x.T  # (N, N)
+        sims.fill_diagonal_(-2.0)
+        nearest = sims.argmax(dim=1)  # (N,)
+    distance = (x - x[nearest]).norm(dim=1)  # (N,)
+    return -torch.log(distance + eps).mean()
+
+
 def _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp):
     """Teacher probabilities (detached) and student log-probabilities, per crop."""
     if len(teacher_out) < 1 or len(student_out) < len(teacher_out):

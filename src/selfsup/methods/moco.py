@@ -44,9 +44,11 @@ from selfsup.methods.base import METHODS, Method, momentum_update, normalized_st
 from selfsup.methods.losses import moco_loss
 
 
-def moco_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """MoCo v2 head: Linear(d, h) - ReLU - Linear(h, out), no BatchNorm."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+def moco_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
+    """MoCo v2 head: Linear(d, h) - ReLU - Linear(h, out), no BatchNorm; with ``batch_norm``
+    BN after the hidden layer (as MoCo v3 and the CIFAR re-implementations)."""
+    norm = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), norm, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
 @dataclass
@@ -57,6 +59,7 @@ class MoCoConfig:
     proj_dim: int = 128                # output dimension of q and k
     hidden_dim: int | None = None      # head width (None = encoder feature dimension)
     bn_splits: int = 4                 # BN groups per pass (split BN); 1 = plain BN ("cheating" possible)
+    head_bn: bool = False              # BatchNorm after the head's hidden layer (v2 has none)
     symmetric: bool = False            # also use view 2 as query against view 1's key (CIFAR demo option; 2x compute)
     views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
 
@@ -85,23 +88,23 @@ class MoCo(Method):
         if cfg.queue_size < 1 or cfg.bn_splits < 1:
             raise SelfSupError("moco needs queue_size >= 1 and bn_splits >= 1")
         d = encoder.num_features
-        self.head = moco_head(d, cfg.hidden_dim or d, cfg.proj_dim)
+        self.head = moco_head(d, cfg.hidden_dim or d, cfg.proj_dim, cfg.head_bn)
         self.key_encoder = copy.deepcopy(encoder)
         self.key_head = copy.deepcopy(self.head)
         for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next row to write
-        self.split_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+        self.split_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
         self.view_cfg = build_views(moco_v2_views(), image_size, cfg.views)
 
     def groups(self, n: int) -> int:
         """Number of split-BN groups for a batch of ``n``: at most ``bn_splits``, >= 2 images each."""
         return max(1, min(self.cfg.bn_splits, n // 2)) if self.split_bn else 1
 
-    def split_forward(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``encoder`` on contiguous groups of ``x``, each with its own BN statistics."""
-        return torch.cat([encoder(chunk) for chunk in x.tensor_split(self.groups(len(x)))])
+    def split_forward(self, encoder: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``head(encoder(.))`` on contiguous groups of ``x``, each with its own BN statistics."""
+        return torch.cat([head(encoder(chunk)) for chunk in x.tensor_split(self.groups(len(x)))])
 
     @torch.no_grad()
     def keys(self, x_k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -114,7 +117,7 @@ class MoCo(Method):
         x_all, offset = distributed.gather(x_k)  # (world * N, C, S, S); itself in one process
         perm = torch.randperm(len(x_all), generator=generator).to(x_k.device)  # (world * N,)
         mine = perm[offset:offset + n]  # the shuffled rows this rank encodes
-        k = self.key_head(self.split_forward(self.key_encoder, x_all[mine]))  # (N, D), shuffled order
+        k = self.split_forward(self.key_encoder, self.key_head, x_all[mine])  # (N, D), shuffled order
         k_all, _ = distributed.gather(k)  # (world * N, D): row j is the key of image perm[j]
         k_all = k_all[torch.argsort(perm)]  # back in global batch order
         return F.normalize(k_all[offset:offset + n].to(self.queue.dtype), dim=1)  # (N, D)
@@ -141,7 +144,7 @@ class MoCo(Method):
         x1 = augment(x, self.view_cfg, generator)  # (N, C, S, S)
         x2 = augment(x, self.view_cfg, generator)  # (N, C, S, S)
         pairs = [(x1, x2), (x2, x1)] if self.cfg.symmetric else [(x1, x2)]  # (query view, key view)
-        qs = [self.head(self.split_forward(self.encoder, xq)) for xq, _ in pairs]  # each (N, D)
+        qs = [self.split_forward(self.encoder, self.head, xq) for xq, _ in pairs]  # each (N, D)
         ks = [self.keys(xk, generator) for _, xk in pairs]  # 2. keys, each (N, D) unit vectors
         # 3. loss (summed over directions); a copy of the queue, as backward needs it after enqueue
         queue = self.queue.clone()

@@ -126,15 +126,21 @@ def vit_blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleL
 class MAEViT(nn.Module):
     """The MAE encoder: patch embedding + fixed sin-cos positions + CLS + timm Blocks + norm.
 
-    ``forward(x)`` -> (N, D) CLS token after the final norm (full image, no masking);
+    ``forward(x)`` -> (N, D) CLS token after the final norm (full image, no masking), or
+    with ``pool="mean"`` the mean of the patch tokens after the final norm (the global
+    pooling of MAE's fine-tuning code; far more informative than the CLS token for a
+    small MAE's frozen features);
     ``forward_tokens(x)`` -> (N, 1 + L, D); ``forward_masked(x, ratio, noise)`` ->
     (latent (N, 1 + keep, D), mask (N, L) with 1 = removed, ids_restore (N, L)).
     Inputs are already normalised images (the :class:`Encoder` wrapper does that).
     """
 
     def __init__(self, in_chans: int, image_size: int, embed_dim: int, depth: int, num_heads: int,
-                 patch_size: int | None = None, mlp_ratio: float = 4.0):
+                 patch_size: int | None = None, mlp_ratio: float = 4.0, pool: str = "cls"):
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.pool = pool
         self.patch_size = patch_size or default_patch_size(image_size)
         if image_size % self.patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch {self.patch_size}")
@@ -175,7 +181,8 @@ class MAEViT(nn.Module):
         return self._encode(tokens, cls)  # (N, 1 + L, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_tokens(x)[:, 0]  # (N, D): CLS after the final norm
+        tokens = self.forward_tokens(x)  # (N, 1 + L, D) after the final norm
+        return tokens[:, 1:].mean(1) if self.pool == "mean" else tokens[:, 0]  # (N, D)
 
     def forward_masked(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,8 +214,8 @@ def random_masking(tokens: torch.Tensor, mask_ratio: float, noise: torch.Tensor
 
 @BACKBONES.register("vit_mae_tiny", help="MAE ViT encoder, 192-d, 12 blocks, 3 heads, sin-cos positions")
 def vit_mae_tiny(*, in_chans: int, image_size: int, patch_size: int | None = None, depth: int = 12,
-                 embed_dim: int = 192, num_heads: int = 3) -> nn.Module:
-    return MAEViT(in_chans, image_size, embed_dim, depth, num_heads, patch_size)
+                 embed_dim: int = 192, num_heads: int = 3, pool: str = "cls") -> nn.Module:
+    return MAEViT(in_chans, image_size, embed_dim, depth, num_heads, patch_size, pool=pool)
 
 
 @BACKBONES.register("vit_mae_small", help="MAE ViT encoder, 384-d, 12 blocks, 6 heads, sin-cos positions")

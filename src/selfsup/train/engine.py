@@ -39,7 +39,7 @@ from selfsup.train.safety import LOCK, RunLock, StopAtStepBoundary, first_nonfin
 
 def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, *,
           resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print,
-          on_start: Callable[[], None] | None = None) -> list[dict[str, float]]:
+          on_start: Callable[[], None] | None = None, monitor: Any = None) -> list[dict[str, float]]:
     """Pretrain ``method`` on the samples of ``data`` (an ImageSet or a TextSet, or a
     (N, H, W, C) uint8 array); returns the logged metrics.
 
@@ -47,13 +47,16 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
     already read with :func:`load_checkpoint` is used as is.  The folder is locked for
     the whole call (:class:`~selfsup.train.safety.RunLock`); ``on_start`` is called once
     every check has passed, just before the first step (the API writes the run's
-    config there, so a run that fails to start leaves the folder as it was)."""
+    config there, so a run that fails to start leaves the folder as it was).
+    ``monitor`` (e.g. :class:`selfsup.eval.monitor.OnlineMonitor`) is asked every
+    ``train.monitor_every`` epochs, and at the end, ``measure(encoder, epoch) -> (metrics,
+    message)``; its metrics join that step's record, its message is printed."""
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with RunLock(run_dir) if distributed.from_env().is_main else contextlib.nullcontext():  # rank 0 writes
-            return _train(method, data, cfg, run_dir, resume, log, on_start)
+            return _train(method, data, cfg, run_dir, resume, log, on_start, monitor)
     except BaseException:
         if created and [p.name for p in run_dir.iterdir()] in ([], [LOCK]):  # a run that never started
             (run_dir / LOCK).unlink(missing_ok=True)
@@ -61,7 +64,7 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
         raise
 
 
-def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -> list[dict[str, float]]:
+def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, monitor) -> list[dict[str, float]]:
     tc, oc = cfg.train, cfg.optim
     device = select_device(tc.device)
     world = distributed.setup(device)
@@ -191,7 +194,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
             on_start()
     step_fn = distributed.training_step(method, device)  # DDP under several processes
     history: list[dict[str, float]] = []
-    monitor = CollapseMonitor()
+    collapse = CollapseMonitor()
     bar = _progress(total, step, tc.progress and world.is_main)
     t_last = t_step_end = time.perf_counter()
     seen, waited = 0, 0.0
@@ -226,14 +229,22 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
                 step += 1
                 seen += global_bs
                 bar.update(1)
-                if step % tc.log_every == 0 or step == stop_at:
+                checked = {}
+                if monitor is not None and (step == stop_at or (
+                        tc.monitor_every and step % (tc.monitor_every * steps_per_epoch) == 0)):
+                    t_check = time.perf_counter()
+                    checked, message = monitor.measure(method.encoder, step / steps_per_epoch)
+                    t_last += time.perf_counter() - t_check  # the check is not training time
+                    if message:
+                        log(f"epoch {step / steps_per_epoch:g}: {message}")
+                if step % tc.log_every == 0 or step == stop_at or checked:
                     now = time.perf_counter()
                     rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
                            "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last),
-                           "data_wait": waited / (now - t_last), **logs}
+                           "data_wait": waited / (now - t_last), **logs, **checked}
                     t_last, seen, waited = now, 0, 0.0
-                    warning = monitor.update(logs)
-                    if warning and monitor.bad == monitor.window:
+                    warning = collapse.update(logs)
+                    if warning and collapse.bad == collapse.window:
                         log(f"warning at step {step}: {warning}")
                     rec["collapse_suspected"] = bool(warning)
                     history.append(rec)
@@ -244,7 +255,9 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
                         for key, v in rec.items():
                             if key != "step" and isinstance(v, (int, float)):
                                 board.add_scalar(key, float(v), step)
-                    bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}")
+                    knn = next((r["knn_monitor"] for r in reversed(history) if "knn_monitor" in r), None)
+                    bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}",
+                                    **({} if knn is None else {"knn": f"{knn:.3f}"}))
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
                     save_checkpoint()
                 if distributed.any_rank(stop.requested is not None, device):  # SIGINT / SIGTERM: leave between steps
@@ -258,6 +271,12 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start) -
         if board is not None:
             board.close()
 
+    final = next((r for r in reversed(history) if "eff_rank" in r), None)
+    if final is not None:
+        knn = (f"online kNN {final['knn_monitor']:.3f} (random init {final['knn_random_init']:.3f}), "
+               if "knn_monitor" in final else "")
+        log(f"{knn}effective rank {final['eff_rank']:.1f} (random init {final['eff_rank_random_init']:.1f}) "
+            f"on {final['monitor_samples']} training samples")
     method.eval()
     return history
 
