@@ -356,20 +356,18 @@ def test_attention_maps_need_a_vit():
 
 @pytest.mark.slow
 def test_dino_learns_shape_features_on_small_shapes(tmp_path):
-    """The CPU preset on 16 px shapes (2000 images, 40 epochs, 600 steps): kNN on the shape
-    labels beats the same network at random initialisation, the teacher stays between
-    one-hot and uniform, and no collapse is flagged.
+    """The CPU preset on 16 px shapes (2000 images, 40 epochs, 600 steps), seed 2: kNN on
+    the shape labels beats the same network at random initialisation, the teacher stays
+    between one-hot and uniform, and no collapse is flagged.
 
-    Measured (1 thread, idle 2-core CPU, ~48 s): seed 0 0.308 vs 0.192 random init (teacher
-    entropy 4.91 of ln K 5.55, KL 0.29), 0.290 with 2 threads; seeds 1 and 3 learn too.
-    Seeds 2 and 4 collapse to a uniform teacher (entropy -> ln K, KL -> 0.002) within ~4
-    epochs; the monitor flags that (see the next test).  With the paper's colour
-    jitter, local crops, EMA 0.99-0.996 or K=1024, kNN stayed within +-0.02 of random init
-    or collapsed to uniform: DINO is the least robust method here at CPU scale.
+    Seed 2 is the one that collapsed to a uniform teacher within ~4 epochs (entropy ->
+    ln K, KL -> 0.002) before the preset put KoLeo on the head's bottleneck; measured now
+    (1 thread): 0.352 vs 0.204 random init, entropy 4.42 of 5.55, KL 0.48.  All of seeds
+    0-4 learn (benchmarks/bench_dino_seeds.py, the README).
     """
     preset = build_config("dino", preset="cpu")
     optim = {f"optim__{k}": getattr(preset.optim, k) for k in ("base_lr", "weight_decay", "warmup_epochs", "min_lr")}
-    r = learn_on_shapes("dino", tmp_path, options=preset.method_cfg, train__epochs=40,
+    r = learn_on_shapes("dino", tmp_path, options=preset.method_cfg, train__epochs=40, seed=2,
                         train__batch_size=preset.train.batch_size, **optim)
     ln_k = math.log(preset.method_cfg["out_dim"])
     last = r.history[-1]
@@ -382,7 +380,7 @@ def test_dino_learns_shape_features_on_small_shapes(tmp_path):
 
 
 def test_monitor_flags_a_uniform_teacher():
-    """The failure of seeds 2 and 4 above: teacher entropy at ln K, student = teacher (KL ~0)."""
+    """The failure of seeds 2 and 4 without KoLeo: teacher entropy at ln K, student = teacher (KL ~0)."""
     monitor, ln_k = CollapseMonitor(), math.log(256)
     uniform = {"teacher_entropy": ln_k - 0.002, "ln_k": ln_k, "kl": 0.002}
     healthy = {"teacher_entropy": 0.88 * ln_k, "ln_k": ln_k, "kl": 0.26}

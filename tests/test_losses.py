@@ -369,3 +369,23 @@ def test_all_losses_return_float32_under_autocast():
             out = call()
         assert out.dtype == torch.float32, name
         assert out.item() == pytest.approx(ref.item(), rel=1e-6), name
+
+
+def test_sinkhorn_knopp_balances_prototypes_and_matches_naive_loop():
+    logits = randn(12, 5, seed=4) * 3
+    p = L.sinkhorn_knopp(logits, temperature=0.5, iterations=50)
+    assert torch.allclose(p.sum(1), torch.ones(12, dtype=f64), atol=1e-6)  # rows are distributions
+    assert torch.allclose(p.sum(0), torch.full((5,), 12 / 5, dtype=f64), atol=5e-3)  # equal mass per prototype
+    q = torch.exp(logits / 0.5).T.clone()
+    q /= q.sum()
+    for _ in range(3):
+        for j in range(5):
+            q[j] /= q[j].sum() * 5
+        for i in range(12):
+            q[:, i] /= q[:, i].sum() * 12
+    assert torch.allclose(L.sinkhorn_knopp(logits, 0.5), (q * 12).T, atol=1e-9)
+    # a batch that puts every sample on one prototype is spread over all of them
+    one_hot = torch.zeros(10, 4, dtype=f64)
+    one_hot[:, 0] = 10.0
+    one_hot += randn(10, 4, seed=5) * 0.1
+    assert L.sinkhorn_knopp(one_hot, 0.1, iterations=20).argmax(1).unique().numel() > 1

@@ -30,7 +30,7 @@ from selfsup.eval.label_efficiency import StudyConfig, format_table, fresh_copy,
 from selfsup.output.plots import embedding_map, label_efficiency_curves, project_2d
 
 DEMOS = {  # what each demo pretrains, and what its table compares
-    "image": {"method": "simclr", "data": "shapes", "epochs": 20, "protocols": ("knn", "linear", "scratch"),
+    "image": {"method": "simclr", "data": "shapes", "epochs": 20, "protocols": ("knn", "linear", "finetune", "scratch"),
               "title": "SimCLR on shapes", "units": "images"},
     "text": {"method": "mlm", "data": "lang", "epochs": 20,
              "protocols": ("knn", "linear", "finetune", "scratch", "tfidf"),

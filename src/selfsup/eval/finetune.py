@@ -20,7 +20,9 @@ predictions instead of a random head whose gradients first wreck the features.  
 probe is also the first candidate of the early stopping: fine-tuned weights replace it
 only when they are strictly more accurate on the validation split, and when none is, the
 result *is* the probe -- refitted on all the labels, as the linear-probe protocol fits
-it -- so fine-tuning can only fall below the probe by the validation split's noise.
+it -- so fine-tuning can only fall below the probe by the validation split's noise.  With
+too few labels to hold a validation split out (fewer than one per class), the probe is
+the result.
 ``freeze_bn`` keeps BatchNorm layers on their running statistics while the rest trains
 (with a few dozen labels, batch statistics differ from the ones the probe was fitted
 with, which shifts every feature at the first step).
@@ -138,8 +140,11 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
     best, best_state, checks_without_gain = -1.0, None, 0
     if cfg.linear_init:
         _fit_probe(model, samples, num_classes, cfg)
-        if val_samples is not None:  # the probe is the candidate to beat
-            best, best_state = classifier_accuracy(model, val_samples, amp=cfg.amp), "probe"
+        if cfg.val_fraction > 0 and val_samples is None:  # too few labels to check fine-tuning: keep the probe
+            model.kept_probe = True
+            return model.eval()
+        if val_samples is not None:
+            best, best_state = classifier_accuracy(model, val_samples, amp=cfg.amp), "probe"  # the one to beat
     groups = _encoder_groups(model.encoder, cfg)
     groups += [dict(g, lr_scale=1.0) for g in param_groups(list(model.head.named_parameters()),
                                                           cfg.weight_decay)]

@@ -6,10 +6,13 @@ of:
 
 - ``knn``: the pretrained encoder's frozen features, weighted kNN;
 - ``linear``: a linear probe on the frozen features;
-- ``finetune``: the pretrained encoder + a linear head trained end to end (early
-  stopping on a split of the subset's labels).  The backbone gets the head's lr by
-  default: on ``shapes`` a backbone lr of x0.3 / x0.1 under-fits within the step budget
-  (0.849 / 0.667 test accuracy at 100% labels against 0.947 at x1);
+- ``finetune``: LP-FT (:mod:`selfsup.eval.finetune`): the linear probe fitted on 90% of
+  the subset's labels is the head's start, the encoder and head are then trained end to
+  end, and the fine-tuned weights are kept only if they beat the probe on the other 10%;
+  otherwise the result is the probe fitted on all of the subset's labels, i.e. the
+  ``linear`` protocol's own (``finetune_kept_probe`` in the row says which).  The backbone
+  gets the head's lr by default: on ``shapes`` a backbone lr of x0.3 / x0.1 under-fits
+  within the step budget (0.849 / 0.667 test accuracy at 100% labels against 0.947 at x1);
 - ``scratch``: the same architecture, randomly initialised, trained by the same loop with
   the same labels and the same number of steps;
 - ``tfidf`` (text): TF-IDF + logistic regression on the same labelled texts

@@ -14,7 +14,10 @@ reports:
 * ``eff_rank``: effective rank of the embeddings (exp entropy of the normalised singular
   values; :func:`selfsup.eval.diagnostics.compactness.effective_rank`), and
   ``eff_rank_random_init``: a label-free collapse signal (dimensional collapse drives it
-  towards 1).
+  towards 1);
+* ``cka_random_init``: linear CKA (Kornblith et al. 2019) between the embeddings and those
+  of the random initialisation, label-free: 1 while the representation is still the
+  random one (up to rotation and scale).
 
 A warning is raised (once) when, from epoch ``WARN_AFTER`` on, kNN is not above random
 init by more than the sampling noise of the estimate (two binomial standard errors, at
@@ -39,6 +42,14 @@ from selfsup.eval.features import extract_features
 WARN_AFTER = 3       # epochs before a "not learning" warning can fire
 MIN_MARGIN = 0.02    # kNN must beat random init by at least this much (accuracy)
 RANK_FLOOR = 0.25    # effective rank below this fraction of random init's: dimensional collapse
+
+
+@torch.no_grad()
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment of two embeddings of the same samples, (N, D1) and (N, D2)."""
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    cross = (x.T @ y).square().sum()
+    return (cross / ((x.T @ x).square().sum().sqrt() * (y.T @ y).square().sum().sqrt()).clamp_min(1e-30)).item()
 
 
 @torch.no_grad()
@@ -71,6 +82,7 @@ class OnlineMonitor:
         self.labels = torch.from_numpy(np.asarray(self.samples.labels)) if data.has_labels else None
         self.amp = amp
         self.warned = False
+        self.random_feats = None
         self.baseline = self._measure(random_init)  # the same backbone at random initialisation
 
     @property
@@ -80,7 +92,10 @@ class OnlineMonitor:
 
     def _measure(self, encoder: torch.nn.Module) -> dict[str, float]:
         feats = extract_features(encoder, self.samples, amp=self.amp)  # (n, D)
-        out = {"eff_rank": effective_rank(feats.numpy()), "monitor_samples": len(self.samples)}
+        if self.random_feats is None:
+            self.random_feats = feats
+        out = {"eff_rank": effective_rank(feats.numpy()), "cka_random_init": linear_cka(feats, self.random_feats),
+               "monitor_samples": len(self.samples)}
         if self.labels is not None:
             out["knn_monitor"] = knn_leave_one_out(feats, self.labels)
         return out

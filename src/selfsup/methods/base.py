@@ -70,6 +70,10 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: int) -> None:
         """Called after each optimizer step (EMA updates). Default: nothing."""
 
+    def lr_scales(self) -> dict[str, float]:
+        """LR multipliers by parameter-name prefix (e.g. BYOL's faster predictor). Default: none."""
+        return {}
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters the optimizer updates (EMA targets are excluded by requires_grad)."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]

@@ -290,6 +290,33 @@ def koleo_loss(z: Tensor, eps: float = 1e-8) -> Tensor:
     return -torch.log(distance + eps).mean()
 
 
+@torch.no_grad()
+@_float32
+def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = 3, *,
+                   gather: Optional[GatherFn] = None) -> Tensor:
+    r"""Sinkhorn-Knopp normalisation of teacher outputs (SwAV, Caron et al. 2020; DINOv2's
+    replacement of DINO's centering, Oquab et al. 2023).
+
+    ``Q = exp(logits / T)`` over the (global) batch is rescaled, alternately, so that every
+    prototype receives the same total mass and every sample's row sums to one::
+
+        repeat: Q <- Q / (K * row sums over the batch);  Q <- Q / (B * column sums)
+
+    so no prototype can take the whole batch (no one-hot collapse) and no sample can stay
+    uniform when the batch is not (no uniform collapse).  ``logits`` (N, K) -> (N, K)
+    probabilities (rows sum to 1); with ``gather`` the balancing runs over every process's
+    rows and each gets its own back.
+    """
+    rows, offset = gather(logits) if gather is not None else (logits, 0)
+    q = torch.exp((rows - rows.max()) / temperature).T  # (K, B), stabilised
+    q = q / q.sum()
+    k, b = q.shape
+    for _ in range(iterations):
+        q = q / (q.sum(dim=1, keepdim=True) * k)  # each prototype: mass 1/K
+        q = q / (q.sum(dim=0, keepdim=True) * b)  # each sample: mass 1/B
+    return (q * b).T[offset:offset + len(logits)]  # (N, K), rows sum to 1
+
+
 def _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp):
     """Teacher probabilities (detached) and student log-probabilities, per crop."""
     if len(teacher_out) < 1 or len(student_out) < len(teacher_out):

@@ -107,7 +107,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
             raise SelfSupError("train.compile on the CPU needs a C++ compiler (g++ or clang++); install one "
                                "or drop train.compile")
         method.encoder.compile()  # in place: parameter names and checkpoints are unchanged
-    optimizer = build_optimizer(method.trainable_parameters(), oc)
+    optimizer = build_optimizer(method.trainable_parameters(), oc, method.lr_scales())
     precision = choose_precision(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_loss_scaling)
 
@@ -207,7 +207,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
                 epoch = step // steps_per_epoch
                 x = to_input(batch, device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
                 for group in optimizer.param_groups:
-                    group["lr"] = float(lr_sched[step])
+                    group["lr"] = float(lr_sched[step]) * group.get("lr_scale", 1.0)
                     if group.get("apply_wd"):
                         group["weight_decay"] = float(wd_sched[step])
                 with precision.autocast():
