@@ -47,19 +47,25 @@ def one_run(name: str, source: str, seed: int, a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     data, size, num = parse_source(source)
     t0 = time.perf_counter()
+    said: list[str] = []
     run = selfsup.pretrain(name, data, overwrite=True, image_size=size, num_train=num, seed=seed,
                            out_dir=str(Path(a.work) / f"{name}-{source.replace(':', '-')}-s{seed}"),
-                           progress=False, log=lambda s: None, overrides={"train.amp": not a.no_amp})
+                           progress=False, log=said.append, overrides={"train.amp": not a.no_amp})
     seconds = time.perf_counter() - t0
     res = selfsup.evaluate(run.encoder, data, amp=not a.no_amp)
     rnd = selfsup.evaluate(fresh_copy(run.encoder.cpu(), seed), data, amp=not a.no_amp)
     warned = [r for r in run.history if r.get("collapse_suspected")]
+    monitor = [s for s in said if "not learning" in s or "dimensional collapse" in s]
+    checks = [r for r in run.history if "eff_rank" in r]
     print(f"  {name} on {source} seed {seed}: kNN {res['knn_top1']:.3f} (random init {rnd['knn_top1']:.3f}), "
           f"linear {res['linear_top1']:.3f} ({rnd['linear_top1']:.3f}), {seconds:.0f} s", flush=True)
     return {"method": name, "source": source, "seed": seed, "backbone": run.config.backbone,
             "epochs": run.config.train.epochs, "knn": res["knn_top1"], "linear": res["linear_top1"],
             "random_knn": rnd["knn_top1"], "random_linear": rnd["linear_top1"], "seconds": seconds,
-            "collapse_flagged": bool(warned)}
+            "collapse_flagged": bool(warned), "monitor_warned": monitor, "monitor_seconds": sum(
+                r["monitor_s"] for r in checks), "checks": [{k: r.get(k) for k in (
+                    "epoch", "knn_monitor", "knn_random_init", "eff_rank", "eff_rank_random_init",
+                    "cka_random_init")} for r in checks]}
 
 
 def main() -> None:
@@ -92,19 +98,20 @@ def main() -> None:
                          "backbone": rs[0]["backbone"], "epochs": rs[0]["epochs"], "n_seeds": len(rs),
                          **{k: mean_std([r[k] for r in rs])
                             for k in ("knn", "linear", "random_knn", "random_linear", "seconds")},
-                         "collapse_flagged": sum(r["collapse_flagged"] for r in rs), "runs": rs})
+                         "collapse_flagged": sum(r["collapse_flagged"] for r in rs),
+                         "monitor_warned": sum(bool(r["monitor_warned"]) for r in rs), "runs": rs})
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"env": env, "precision": precision, "args": vars(a), "rows": rows},
                                                 indent=2))
     lines = ["| source | method | backbone | epochs | kNN | random-init kNN | linear | random-init linear | "
-             "seconds | n seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "seconds | monitor warned | n seeds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cell = lambda k: f"{r[k][0]:.3f} +- {r[k][1]:.3f}"  # noqa: E731
         src = r["source"] + ("" if r["tuned_on"] else " (not tuned on)")
         lines.append(f"| {src} | {r['method']} | {r['backbone']} | {r['epochs']} | {cell('knn')} | "
                      f"{cell('random_knn')} | {cell('linear')} | {cell('random_linear')} | "
-                     f"{r['seconds'][0]:.0f} +- {r['seconds'][1]:.0f} | {r['n_seeds']} |")
+                     f"{r['seconds'][0]:.0f} +- {r['seconds'][1]:.0f} | {r['monitor_warned']} | {r['n_seeds']} |")
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -234,7 +234,8 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
                         tc.monitor_every and step % (tc.monitor_every * steps_per_epoch) == 0)):
                     t_check = time.perf_counter()
                     checked, message = monitor.measure(method.encoder, step / steps_per_epoch)
-                    t_last += time.perf_counter() - t_check  # the check is not training time
+                    checked["monitor_s"] = time.perf_counter() - t_check
+                    t_last += checked["monitor_s"]  # the check is not training time
                     if message:
                         log(f"epoch {step / steps_per_epoch:g}: {message}")
                 if step % tc.log_every == 0 or step == stop_at or checked:
