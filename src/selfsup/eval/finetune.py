@@ -23,9 +23,6 @@ result *is* the probe -- refitted on all the labels, as the linear-probe protoco
 it -- so fine-tuning can only fall below the probe by the validation split's noise.  With
 too few labels to hold a validation split out (fewer than one per class), the probe is
 the result.
-``freeze_bn`` keeps BatchNorm layers on their running statistics while the rest trains
-(with a few dozen labels, batch statistics differ from the ones the probe was fitted
-with, which shifts every feature at the first step).
 """
 from __future__ import annotations
 
@@ -64,7 +61,6 @@ class ClassifierConfig:
     eval_every: int = 50             # steps between validation checks
     patience: int = 5                # stop after this many checks without improvement
     linear_init: bool = False        # LP-FT: start from a fitted linear probe, keep it unless fine-tuning beats it
-    freeze_bn: bool = False          # BatchNorm layers use (and keep) their running statistics
     seed: int = 0
     amp: bool = True                 # bf16 autocast where the hardware has it (models.runtime)
 
@@ -78,14 +74,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
-
-    def train(self, mode: bool = True, freeze_bn: bool = False) -> "Classifier":
-        super().train(mode)
-        if mode and freeze_bn:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
     @torch.no_grad()
     def set_head(self, probe: LinearProbe) -> None:
@@ -157,7 +145,7 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
     bs = min(cfg.batch_size, n)
     order, pos = torch.randperm(n, generator=gen), 0
     start = copy.deepcopy(model.encoder.state_dict()) if best_state == "probe" else None
-    model.train(freeze_bn=cfg.freeze_bn)
+    model.train()
     steps = range(cfg.steps)
     if progress:
         from tqdm.auto import tqdm
@@ -179,7 +167,7 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
         opt.step()
         if val_samples is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             acc = classifier_accuracy(model, val_samples, amp=cfg.amp)
-            model.train(freeze_bn=cfg.freeze_bn)
+            model.train()
             if acc > best:
                 best, best_state, checks_without_gain = acc, copy.deepcopy(model.state_dict()), 0
             else:

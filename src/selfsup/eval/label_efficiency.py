@@ -54,7 +54,6 @@ class StudyConfig:
     protocols: tuple[str, ...] | None = None          # None = all that apply: DEFAULT_PROTOCOLS of the modality
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # fine-tune and scratch budget
     finetune_backbone_lr_scale: float = 1.0            # backbone lr / head lr when fine-tuning
-    finetune_freeze_bn: bool = False                   # fine-tuning keeps BatchNorm on its running statistics
 
 
 def fresh_copy(encoder: Encoder, seed: int) -> Encoder:
@@ -105,7 +104,7 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
             clf = replace(cfg.classifier, seed=seed)
             if "finetune" in protocols:
                 ft_cfg = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, val_fraction=0.1,
-                                 linear_init=True, freeze_bn=cfg.finetune_freeze_bn)
+                                 linear_init=True)
                 model = train_classifier(copy.deepcopy(encoder), train.subset(idx), c, ft_cfg)
                 row["finetune"] = classifier_accuracy(model, test, amp=amp)
                 row["finetune_kept_probe"] = model.kept_probe
