@@ -9,7 +9,10 @@ versions and mean +- std over the seeds; writes benchmarks/results/methods.json 
 Sources are written NAME[@SIZE][:NUM_TRAIN]. The defaults were tuned on `shapes` and
 `digits`; `photo_digits` (handwriting on real photographs) was never used for tuning.
 
-    python benchmarks/bench_methods.py --sources digits shapes@16:2000 photo_digits --seeds 3 --jobs 2
+    python benchmarks/bench_methods.py --sources digits shapes@16:2000 photo_digits@16 --seeds 3 --jobs 2
+
+Every finished run is appended to WORK/runs.jsonl; a stopped benchmark started again with
+the same --work resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ import torch
 import selfsup
 from selfsup.api import versions
 from selfsup.eval.label_efficiency import fresh_copy
+from selfsup.eval.monitor import WARN_CHECKS, failing, warn_from
 from selfsup.methods import METHODS
 from selfsup.models.runtime import choose_precision
 
-SOURCES = ["digits", "shapes@16:2000", "photo_digits"]
+SOURCES = ["digits", "shapes@16:2000", "photo_digits@16"]
 TUNED_ON = {"shapes", "digits"}
 
 
@@ -47,25 +51,33 @@ def one_run(name: str, source: str, seed: int, a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     data, size, num = parse_source(source)
     t0 = time.perf_counter()
-    said: list[str] = []
     run = selfsup.pretrain(name, data, overwrite=True, image_size=size, num_train=num, seed=seed,
                            out_dir=str(Path(a.work) / f"{name}-{source.replace(':', '-')}-s{seed}"),
-                           progress=False, log=said.append, overrides={"train.amp": not a.no_amp})
+                           progress=False, log=lambda s: None, overrides={"train.amp": not a.no_amp})
     seconds = time.perf_counter() - t0
     res = selfsup.evaluate(run.encoder, data, amp=not a.no_amp)
     rnd = selfsup.evaluate(fresh_copy(run.encoder.cpu(), seed), data, amp=not a.no_amp)
     warned = [r for r in run.history if r.get("collapse_suspected")]
-    monitor = [s for s in said if "not learning" in s or "dimensional collapse" in s]
     checks = [r for r in run.history if "eff_rank" in r]
     print(f"  {name} on {source} seed {seed}: kNN {res['knn_top1']:.3f} (random init {rnd['knn_top1']:.3f}), "
           f"linear {res['linear_top1']:.3f} ({rnd['linear_top1']:.3f}), {seconds:.0f} s", flush=True)
     return {"method": name, "source": source, "seed": seed, "backbone": run.config.backbone,
             "epochs": run.config.train.epochs, "knn": res["knn_top1"], "linear": res["linear_top1"],
             "random_knn": rnd["knn_top1"], "random_linear": rnd["linear_top1"], "seconds": seconds,
-            "collapse_flagged": bool(warned), "monitor_warned": monitor, "monitor_seconds": sum(
-                r["monitor_s"] for r in checks), "checks": [{k: r.get(k) for k in (
-                    "epoch", "knn_monitor", "knn_random_init", "eff_rank", "eff_rank_random_init",
-                    "cka_random_init")} for r in checks]}
+            "collapse_flagged": bool(warned), "monitor_seconds": sum(r["monitor_s"] for r in checks),
+            "checks": [{k: r.get(k) for k in ("epoch", "knn_monitor", "knn_random_init", "eff_rank",
+                                              "eff_rank_random_init", "cka_random_init", "monitor_samples")}
+                       for r in checks]}
+
+
+def monitor_warned_at(run: dict) -> float | None:
+    """The epoch at which the online monitor's rule (selfsup.eval.monitor) warns on this run's checks."""
+    in_row = 0
+    for check in run["checks"]:
+        in_row = in_row + 1 if failing(check) else 0
+        if in_row >= WARN_CHECKS and check["epoch"] >= warn_from(run["epochs"]):
+            return check["epoch"]
+    return None
 
 
 def main() -> None:
@@ -87,9 +99,21 @@ def main() -> None:
           f"{a.jobs} job(s) x {a.threads} torch thread(s)")
     print(f"torch {env['torch']}, selfsup {env['selfsup']}; sources {', '.join(a.sources)}; cpu presets; "
           f"n={a.seeds} seed(s); precision {precision}", flush=True)
-    tasks = [(name, src, seed) for src in a.sources for name in names for seed in range(a.seeds)]
+    done_file = Path(a.work) / "runs.jsonl"  # every finished run, so that a stopped benchmark resumes
+    done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
+    key = lambda r: (r["method"], r["source"], r["seed"])  # noqa: E731
+    have = {key(r) for r in done}
+    tasks = [(name, src, seed) for src in a.sources for name in names for seed in range(a.seeds)
+             if (name, src, seed) not in have]
+    if have:
+        print(f"resuming: {len(have)} runs already in {done_file}, {len(tasks)} to go", flush=True)
+    done_file.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(one_run, *zip(*tasks), [a] * len(tasks)))
+        for row in pool.map(one_run, *zip(*tasks), [a] * len(tasks)) if tasks else []:
+            with done_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            done.append(row)
+    results = [r for r in done if r["source"] in a.sources and r["method"] in names]
     rows = []
     for src in a.sources:
         for name in names:
@@ -99,7 +123,7 @@ def main() -> None:
                          **{k: mean_std([r[k] for r in rs])
                             for k in ("knn", "linear", "random_knn", "random_linear", "seconds")},
                          "collapse_flagged": sum(r["collapse_flagged"] for r in rs),
-                         "monitor_warned": sum(bool(r["monitor_warned"]) for r in rs), "runs": rs})
+                         "monitor_warned": sum(monitor_warned_at(r) is not None for r in rs), "runs": rs})
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"env": env, "precision": precision, "args": vars(a), "rows": rows},

@@ -282,8 +282,8 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
     monitor = None
     if cfg.train.monitor_every:
-        monitor = OnlineMonitor(ds.train, fresh_copy(encoder, cfg.train.seed), samples=cfg.train.monitor_samples,
-                                seed=cfg.train.seed, amp=cfg.train.amp)
+        monitor = OnlineMonitor(ds.train, fresh_copy(encoder, cfg.train.seed), epochs=cfg.train.epochs,
+                                samples=cfg.train.monitor_samples, seed=cfg.train.seed, amp=cfg.train.amp)
     history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files,
                            monitor=monitor)
     if distributed.from_env().is_main:
