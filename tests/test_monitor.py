@@ -28,7 +28,7 @@ def metrics(run_dir):
 
 def test_monitor_warns_on_a_broken_recipe(tmp_path, one_thread):
     """SimCLR whose weights cannot move (lr 1e-9): the online kNN stays at random init and
-    the run says so -- in the log and in metrics.jsonl, every epoch."""
+    the run says so, once -- in the log and in metrics.jsonl, every epoch."""
     said = []
     run = selfsup.pretrain("simclr", "digits", out_dir=str(tmp_path / "run"), epochs=5, batch_size=64,
                            progress=False, log=said.append, overrides={"optim.base_lr": 1e-9})
@@ -37,7 +37,9 @@ def test_monitor_warns_on_a_broken_recipe(tmp_path, one_thread):
     assert all(r["knn_random_init"] == records[0]["knn_random_init"] for r in records)
     assert all(abs(r["knn_monitor"] - r["knn_random_init"]) < 0.05 for r in records)
     warnings = [s for s in said if "not learning" in s]
-    assert len(warnings) == 1 and warnings[0].startswith("epoch 3:"), said
+    # two failing checks in a row from epoch 3 on (BatchNorm statistics still move at lr 1e-9, so
+    # one early check can land just above the margin)
+    assert len(warnings) == 1 and warnings[0].startswith(("epoch 3:", "epoch 4:", "epoch 5:")), said
     assert "random init" in said[-1] and "online kNN" in said[-1]
 
 
