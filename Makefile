@@ -24,8 +24,9 @@ demo: $(STAMP)
 demo-text: $(STAMP)
 	$(VENV)/bin/selfsup demo --text --out runs/demo-text --overwrite
 
+# two test processes of one thread each (tests/conftest.py), the longest tests first
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py

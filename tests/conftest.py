@@ -17,7 +17,11 @@ from selfsup.train import engine
 
 
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: two workers, one thread each, subprocesses too
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)

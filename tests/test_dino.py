@@ -312,6 +312,18 @@ def test_presets_build():
     assert m.head.last_layer.shape == (4096, 256) and m.local_size == 16
     with pytest.raises(SelfSupError, match="positive"):
         make(teacher_temp=0.0)
+    with pytest.raises(SelfSupError, match="koleo_on must be 'backbone' or 'head'"):
+        make(koleo_on="features")
+
+
+@pytest.mark.parametrize("on, width", [("backbone", None), ("head", 16)])
+def test_koleo_spreads_the_backbone_features_or_the_head_bottleneck(on, width):
+    m = make(koleo_on=on, koleo_weight=0.1)
+    x = torch.rand(6, 3, 16, 16)
+    _, _, spread = m.crops(x, torch.Generator().manual_seed(0))
+    assert spread.shape == (12, width or m.encoder.num_features)  # the two global crops of 6 images
+    loss, logs = m.training_step(x, torch.Generator().manual_seed(0))
+    assert logs["koleo"] > 0 and loss.requires_grad
 
 
 # ---------------------------------------------------------------------- attention maps

@@ -163,7 +163,8 @@ def test_torchrun_moco_killed_and_resumed_equals_uninterrupted(tmp_path, capsys)
     def run(out, *extra):
         done = subprocess.run([*torchrun, *args, "--out", str(out), *extra], capture_output=True, text=True, env=env,
                               timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+        assert done.returncode == 0, "\n".join(errors[:5]) + "\n" + done.stderr[-1500:]
         return done
 
     run(tmp_path / "full")

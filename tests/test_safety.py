@@ -177,7 +177,8 @@ def test_sigint_mid_step_checkpoints_at_the_step_boundary_and_resumes_exactly(tm
         assert torch.equal(a[k], b[k]), k
 
 
-def test_a_locked_run_folder_is_refused(tmp_path):
+def test_a_locked_run_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(RunLock, "WAIT", 0.5)
     m, cfg = tiny_setup(tmp_path)
     with RunLock(tmp_path):
         with pytest.raises(SelfSupError, match="another selfsup process is writing"):
@@ -190,6 +191,23 @@ def test_a_locked_run_folder_is_refused(tmp_path):
         assert other.stdout.readline().strip() == "locked"  # another process holds it
         with pytest.raises(SelfSupError, match="another selfsup process"):
             engine.train(m, images(), cfg, tmp_path, log=lambda s: None)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_released_within_the_wait_is_taken(tmp_path, monkeypatch):
+    """A run resumed right after its job was killed finds the lock still held while the
+    dying process is torn down; it waits for it instead of refusing."""
+    monkeypatch.setattr(RunLock, "WAIT", 20.0)
+    script = (f"import fcntl, os, time; fd = os.open({str(tmp_path / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('locked', flush=True); time.sleep(1.5)")
+    other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with RunLock(tmp_path) as lock:
+            assert other.poll() is not None  # taken only once the other process had gone
+            assert lock.fd is not None
     finally:
         other.kill()
         other.wait()

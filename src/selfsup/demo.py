@@ -58,7 +58,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
         log(f"held-out masked tokens: accuracy {heldout['masked_accuracy']:.3f} (unigram baseline "
             f"{heldout['unigram_accuracy']:.3f}), perplexity {heldout['perplexity']:.2f} "
             f"(unigram {heldout['unigram_perplexity']:.1f})")
-    study = StudyConfig(seeds=1, protocols=demo["protocols"], classifier=ClassifierConfig(steps=60 if quick else 500))
+    study = StudyConfig(seeds=1, protocols=demo["protocols"], classifier=ClassifierConfig(steps=30 if quick else 500))
     result_le = run_study(enc, ds, study, log=log)
     save(result_le, out)
     label_efficiency_curves(result_le["summary"], study.protocols, out / "label_efficiency.png")
@@ -71,7 +71,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
     log(f"kNN top-1 (k=20): pretrained {knn['pretrained']:.3f}, random init {knn['random init']:.3f}")
 
     log("drawing the embedding map ...")
-    sub = np.random.default_rng(0).choice(len(test), size=min(2000, len(test)), replace=False)
+    sub = np.random.default_rng(0).choice(len(test), size=min(500 if quick else 2000, len(test)), replace=False)
     maps = {f"{cfg.method} (t-SNE)": project_2d(fte[sub].numpy(), "tsne"),
             "random init (t-SNE)": project_2d(rte[sub].numpy(), "tsne")}
     embedding_map(maps, test.labels[sub], ds.train.classes, out / "embedding_map.png",

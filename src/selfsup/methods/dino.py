@@ -116,7 +116,11 @@ class DINOHead(nn.Module):
         self.last_layer_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
 
     def forward(self, h: torch.Tensor, *, freeze_last_layer: bool = False) -> torch.Tensor:
-        z = F.normalize(self.mlp(h), dim=-1)  # (N, bottleneck), unit rows
+        return self.prototypes(self.mlp(h), freeze_last_layer=freeze_last_layer)
+
+    def prototypes(self, b: torch.Tensor, *, freeze_last_layer: bool = False) -> torch.Tensor:
+        """Logits over the K prototypes from the bottleneck ``b = mlp(h)``."""
+        z = F.normalize(b, dim=-1)  # (N, bottleneck), unit rows
         v, g = self.last_layer, self.last_layer_g
         if freeze_last_layer:
             v, g = v.detach(), g.detach()
@@ -181,6 +185,8 @@ class DINO(Method):
         if min(cfg.teacher_temp, cfg.warmup_teacher_temp, cfg.student_temp) <= 0:
             raise SelfSupError("DINO temperatures (teacher_temp, warmup_teacher_temp, student_temp) "
                                "must be positive")
+        if cfg.koleo_on not in ("backbone", "head"):
+            raise SelfSupError(f"DINO koleo_on must be 'backbone' or 'head', got {cfg.koleo_on!r}")
         self.head = DINOHead(encoder.num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
                              cfg.head_layers, cfg.head_bn, cfg.norm_last_layer)
         # The teacher: a copy of the student that only ever changes by EMA.
@@ -219,8 +225,9 @@ class DINO(Method):
     def crops(self, x: torch.Tensor, generator: torch.Generator
               ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Student outputs for all crops (2 globals first) and teacher outputs for the globals:
-        lists of (N, K) tensors, of length 2 + n_local and 2; and the student's backbone
-        features of the two global crops (2N, D)."""
+        lists of (N, K) tensors, of length 2 + n_local and 2; and what KoLeo spreads for the
+        two global crops: the student's backbone features (2N, D) or head bottleneck
+        (2N, bottleneck), as ``koleo_on`` says."""
         n_crops = 2 + self.cfg.n_local
         globals_ = torch.cat([augment(x, self.global1, generator),
                               augment(x, self.global2, generator)])  # (2N, C, S, S)
@@ -233,11 +240,13 @@ class DINO(Method):
                                  for _ in range(self.cfg.n_local)])  # (n_local*N, C, s, s)
             h = torch.cat([h, self.encoder(locals_)])  # ((2 + n_local) N, D)
         frozen = int(self.step) < self.freeze_steps
-        student = self.head(h, freeze_last_layer=frozen)  # ((2 + n_local) N, K)
-        return list(student.chunk(n_crops)), list(teacher.chunk(2)), h_globals
+        b = self.head.mlp(h)  # ((2 + n_local) N, bottleneck)
+        student = self.head.prototypes(b, freeze_last_layer=frozen)  # ((2 + n_local) N, K)
+        spread = h_globals if self.cfg.koleo_on == "backbone" else b[:len(globals_)]
+        return list(student.chunk(n_crops)), list(teacher.chunk(2)), spread
 
     def training_step(self, x, generator):
-        student_out, teacher_out, h = self.crops(x, generator)
+        student_out, teacher_out, spread = self.crops(x, generator)
         raw = teacher_out  # the centre follows the raw teacher outputs
         temp = self._at(self.teacher_temp_schedule)
         center = self.center if self.cfg.centering else torch.zeros_like(self.center)
@@ -248,8 +257,7 @@ class DINO(Method):
         loss = dino_loss(student_out, teacher_out, center, self.cfg.student_temp, temp)
         logs = dino_diagnostics(student_out, teacher_out, center, self.cfg.student_temp, temp)
         if self.cfg.koleo_weight:  # each global crop's batch separately, as DINOv2
-            feats = h if self.cfg.koleo_on == "backbone" else self.head.mlp(h)  # (2N, D) or (2N, bottleneck)
-            koleo = sum(koleo_loss(part) for part in feats.chunk(2)) / 2
+            koleo = sum(koleo_loss(part) for part in spread.chunk(2)) / 2
             loss = loss + self.cfg.koleo_weight * koleo
             logs["koleo"] = koleo.item()
         # the centre is updated only after the loss used the old one

@@ -4,7 +4,8 @@ checkpoint with non-finite state.
 - :class:`RunLock`: an exclusive ``flock`` on ``RUN/.lock`` while a process writes the
   folder; a second process gets a one-line error instead of interleaving its metrics
   and racing on the checkpoint's rename.  The kernel drops the lock when the process
-  dies, so a killed run never leaves a stale lock.
+  dies, so a killed run never leaves a stale lock; a process killed a moment ago can
+  still hold it while it is torn down, so the lock is waited for a few seconds first.
 - :class:`StopAtStepBoundary`: SIGINT (Ctrl-C) and SIGTERM set a flag that the step loop
   reads between steps, so the checkpoint written on the way out holds the state after a
   whole step -- never BatchNorm statistics of a half-finished one.  A second Ctrl-C stops
@@ -17,6 +18,7 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -28,19 +30,27 @@ LOCK = ".lock"
 
 
 class RunLock:
+    WAIT = 10.0  # seconds: a killed job's processes release the lock only once torn down
+
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise SelfSupError(f"another selfsup process is writing {self.path.parent}; wait for it to finish "
-                               "or choose another --out") from None
+        deadline = time.monotonic() + self.WAIT
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                os.close(self.fd)
+                self.fd = None
+                raise SelfSupError(f"another selfsup process is writing {self.path.parent}; wait for it to finish "
+                                   "or choose another --out") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
