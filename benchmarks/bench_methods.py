@@ -28,7 +28,7 @@ import torch
 import selfsup
 from selfsup.api import versions
 from selfsup.eval.label_efficiency import fresh_copy
-from selfsup.eval.monitor import WARN_CHECKS, failing, warn_from
+from selfsup.eval.monitor import failing, warning_due
 from selfsup.methods import METHODS
 from selfsup.models.runtime import choose_precision
 
@@ -75,7 +75,7 @@ def monitor_warned_at(run: dict) -> float | None:
     in_row = 0
     for check in run["checks"]:
         in_row = in_row + 1 if failing(check) else 0
-        if in_row >= WARN_CHECKS and check["epoch"] >= warn_from(run["epochs"]):
+        if warning_due(in_row, check["epoch"], run["epochs"]):
             return check["epoch"]
     return None
 
@@ -113,11 +113,14 @@ def main() -> None:
             with done_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             done.append(row)
-    results = [r for r in done if r["source"] in a.sources and r["method"] in names]
+    # every method with runs on these sources, not only those just run: --methods reruns a few
+    results = [r for r in done if r["source"] in a.sources]
     rows = []
     for src in a.sources:
-        for name in names:
+        for name in METHODS.names():
             rs = [r for r in results if r["method"] == name and r["source"] == src]
+            if not rs:
+                continue
             rows.append({"method": name, "source": src, "tuned_on": parse_source(src)[0] in TUNED_ON,
                          "backbone": rs[0]["backbone"], "epochs": rs[0]["epochs"], "n_seeds": len(rs),
                          **{k: mean_std([r[k] for r in rs])

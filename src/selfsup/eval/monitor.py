@@ -73,6 +73,11 @@ def warn_from(epochs: int) -> float:
     return max(WARN_AFTER, WARN_FRACTION * epochs)
 
 
+def warning_due(in_row: int, epoch: float, epochs: int) -> bool:
+    """The rule: ``WARN_CHECKS`` failing checks in a row, from epoch :func:`warn_from` on."""
+    return in_row >= WARN_CHECKS and epoch >= warn_from(epochs)
+
+
 @torch.no_grad()
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear centred kernel alignment of two embeddings of the same samples, (N, D1) and (N, D2)."""
@@ -137,7 +142,7 @@ class OnlineMonitor:
             self.warned = False
             return metrics, (f"online kNN {now['knn_monitor']:.3f} is now above random init "
                              f"({base['knn_monitor']:.3f})" if "knn_monitor" in now else None)
-        if self.warned or reason is None or self.in_row < WARN_CHECKS or epoch < warn_from(self.epochs):
+        if self.warned or reason is None or not warning_due(self.in_row, epoch, self.epochs):
             return metrics, None
         self.warned = True
         if reason == "collapse":
