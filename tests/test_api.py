@@ -142,7 +142,9 @@ def test_encoders_exported_as_pt_by_earlier_versions_still_load(simclr_run, shap
 def test_fine_tuning_never_falls_below_the_linear_probe(simclr_run, shapes):
     """With 1% of the labels (99 images) fine-tuning from a random head lost to the frozen
     probe (0.205 against 0.347 in the README's study); LP-FT starts from the probe and keeps
-    it unless fine-tuning beats it on held-out training labels."""
+    it unless fine-tuning beats it on held-out training labels -- and 10 held-out images
+    for 8 classes cannot tell (fine-tuned weights chosen on them lost 0.004 to the probe),
+    so here the result is the probe, fitted on all 99 labels like the linear protocol's."""
     from dataclasses import replace
 
     from selfsup.data.splits import stratified_subset
@@ -153,7 +155,7 @@ def test_fine_tuning_never_falls_below_the_linear_probe(simclr_run, shapes):
     study = selfsup.label_efficiency(simclr_run.encoder, "shapes", StudyConfig(
         fractions=(0.01,), seeds=1, protocols=("linear", "finetune"), classifier=cfg))
     row = study["rows"][0]
-    assert row["labels"] == 99 and row["finetune"] >= row["linear"] - 1e-6, row
+    assert row["labels"] == 99 and row["finetune_kept_probe"] and row["finetune"] == pytest.approx(row["linear"]), row
     # the old recipe on the same labels: a random head trained end to end
     full = create_dataset("shapes")
     idx = stratified_subset(full.train.labels, 0.01, 0)

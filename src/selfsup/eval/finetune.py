@@ -23,8 +23,9 @@ few dozen images is noisy: on `digits` with 144 labels, 14 of them held out, fin
 chosen over the probe on them lost 0.045 to it on the test split), and when none does, the
 result *is* the probe -- refitted on all the labels, as the linear-probe protocol fits
 it -- so fine-tuning can only fall below the probe by the validation split's noise.  With
-too few labels to hold a validation split out (fewer than one per class), the probe is
-the result.
+too few labels for a validation split that can tell (fewer than ``min_val_per_class``
+held-out images per class), the probe is the result: on `shapes` with 99 labels (10
+held out for 8 classes) fine-tuned weights chosen on them lost 0.004 to the probe.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ class ClassifierConfig:
     eval_every: int = 50             # steps between validation checks
     patience: int = 5                # stop after this many checks without improvement
     linear_init: bool = False        # LP-FT: start from a fitted linear probe, keep it unless fine-tuning beats it
+    min_val_per_class: int = 3       # LP-FT: fewer validation images per class than this cannot tell; the probe is kept
     seed: int = 0
     amp: bool = True                 # bf16 autocast where the hardware has it (models.runtime)
 
@@ -129,10 +131,11 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
     nn.init.zeros_(model.head.bias)
     best, best_state, checks_without_gain = -1.0, None, 0
     if cfg.linear_init:
-        _fit_probe(model, samples, num_classes, cfg)
-        if cfg.val_fraction > 0 and val_samples is None:  # too few labels to check fine-tuning: keep the probe
+        if cfg.val_fraction > 0 and (val_samples is None or len(val_samples) < cfg.min_val_per_class * num_classes):
+            _fit_probe(model, all_samples, num_classes, cfg)  # too few labels to check fine-tuning: the probe
             model.kept_probe = True
             return model.eval()
+        _fit_probe(model, samples, num_classes, cfg)
         if val_samples is not None:  # the one to beat: fine-tuning must get two more validation images right
             best = classifier_accuracy(model, val_samples, amp=cfg.amp) + 1.0 / len(val_samples)
             best_state = "probe"
