@@ -248,7 +248,7 @@ def test_mae_learns_on_small_shapes(tmp_path):
     steps) left kNN at its random-init level (0.170 against 0.162 on the shapes test
     split), batch 32 reaches 0.216 -- the preset's reason for its small batch.  Here (seed
     0, 1 thread) 0.149 -> 0.169: the gain of MAE's frozen features is small and varies
-    with the seed (the README's methods table).
+    with the seed (the README's methods table)."""
     preset = build_config("mae", preset="cpu")
     r = learn_on_shapes("mae", tmp_path, options=preset.method_cfg, backbone="vit_mae_tiny", num_test=2000,
                         backbone_cfg=preset.backbone_cfg, train__epochs=preset.train.epochs,
