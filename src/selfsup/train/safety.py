@@ -39,21 +39,23 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.WAIT
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
+        while not self._try_lock():
+            if time.monotonic() >= deadline:
                 os.close(self.fd)
                 self.fd = None
                 raise SelfSupError(f"another selfsup process is writing {self.path.parent}; wait for it to finish "
-                                   "or choose another --out") from None
+                                   "or choose another --out")
+            time.sleep(0.1)
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
+
+    def _try_lock(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
