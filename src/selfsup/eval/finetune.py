@@ -142,12 +142,12 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
         model.kept_probe = True
         return model.eval()
     if cfg.linear_init or compete:
-        random_head = copy.deepcopy(model.head.state_dict())
+        random_head = None if cfg.linear_init else copy.deepcopy(model.head.state_dict())
         _fit_probe(model, samples, num_classes, cfg)
         if compete:  # the one to beat: fine-tuning must get two more validation images right
             best = classifier_accuracy(model, val_samples, amp=cfg.amp) + 1.0 / len(val_samples)
             best_state = "probe"
-        if not cfg.linear_init:
+        if random_head is not None:
             model.head.load_state_dict(random_head)
     groups = _encoder_groups(model.encoder, cfg)
     groups += [dict(g, lr_scale=1.0) for g in param_groups(list(model.head.named_parameters()),
