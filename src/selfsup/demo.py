@@ -30,8 +30,10 @@ from selfsup.eval.label_efficiency import StudyConfig, format_table, fresh_copy,
 from selfsup.output.plots import embedding_map, label_efficiency_curves, project_2d
 
 DEMOS = {  # what each demo pretrains, and what its table compares
-    "image": {"method": "simclr", "data": "shapes", "epochs": 20, "protocols": ("knn", "linear", "finetune", "scratch"),
-              "title": "SimCLR on shapes", "units": "images"},
+    # 40 epochs with crops of at least half the image: the pretrained + linear probe with 1%
+    # of the labels 0.386 -> 0.425 over 20 epochs, with 10% 0.589 -> 0.676 (README)
+    "image": {"method": "simclr", "data": "shapes", "epochs": 40, "overrides": {"method_cfg.views": {"crop_scale": [0.5, 1.0]}},
+              "protocols": ("knn", "linear", "finetune", "scratch"), "title": "SimCLR on shapes", "units": "images"},
     "text": {"method": "mlm", "data": "lang", "epochs": 20,
              "protocols": ("knn", "linear", "finetune", "scratch", "tfidf"),
              "title": "BERT masked language modelling on lang", "units": "sentences"},
@@ -47,7 +49,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
     epochs = epochs or (1 if quick else demo["epochs"])
     num_train = 2000 if quick else None
     run = pretrain(demo["method"], demo["data"], out_dir=str(out / "pretrain"), epochs=epochs, num_train=num_train,
-                   overwrite=overwrite, log=log)
+                   overrides=demo.get("overrides"), overwrite=overwrite, log=log)
     t_pretrain = time.perf_counter() - t0
     ds, cfg = run.dataset, run.config
     test = ds.test
