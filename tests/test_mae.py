@@ -242,7 +242,7 @@ def held_out_loss(m, images_nhwc):
 
 @pytest.mark.slow
 def test_mae_learns_on_small_shapes(tmp_path):
-    """The cpu preset on 16 px shapes (2000 images, 30 epochs of batch 32, 1890 steps): kNN
+    """The cpu preset on 16 px shapes (2000 images, 60 epochs of batch 32, 3780 steps): kNN
     of its representation (the mean of the patch tokens) beats random initialisation on
     2000 test images, and on test images it never saw the masked-patch loss falls far below
     its value at initialisation and below predicting each removed patch's own mean (an
