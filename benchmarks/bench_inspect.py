@@ -1,6 +1,6 @@
 """The representation diagnostics of every run of bench_methods.py, next to random init.
 
-For each method and seed under --work (the runs bench_methods.py wrote), runs
+For each method and seed under --work (the runs bench_methods.py wrote on `shapes`), runs
 `selfsup.api.inspect_encoder` (compactness, collapse, alignment, uniformity, DCI, MIG,
 transfer to digits) on the shapes test split and prints mean +- std over the seeds for
 the trained encoder and the same backbone at random initialisation (seeded by 0). Writes
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from selfsup.api import inspect_encoder, versions
+from selfsup.config import read_run_config
 
 METRICS = ["effective_rank", "dims_for_90pct_variance", "z_std", "alignment", "relative_alignment", "uniformity",
            "disentanglement", "completeness", "informativeness", "mig", "transfer"]
@@ -37,7 +38,7 @@ def one(run: str, transfer: str) -> dict:
     s["transfer"] = [t["linear_top1"], t["random_init_linear_top1"]]
     print(f"  {Path(run).name}: " + ", ".join(f"{k} {v[0]:.3g}/{v[1]:.3g}" for k, v in s.items()
                                               if k in METRICS), flush=True)
-    return {"run": Path(run).name, **{k: s[k] for k in METRICS}}
+    return {"run": Path(run).name, "method": read_run_config(run)["method"], **{k: s[k] for k in METRICS}}
 
 
 def fmt(xs: list[float]) -> str:
@@ -52,19 +53,20 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
-    runs = sorted(str(p.parent) for p in Path(a.work).glob("*/config.yaml"))
+    runs = sorted(str(p.parent) for p in Path(a.work).glob("*/config.yaml")  # the runs pretrained on shapes
+                  if read_run_config(p.parent).get("data", {}).get("source") == "shapes")
     env = versions()
     print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'}; torch {env['torch']}")
     print(f"{len(runs)} runs under {a.work}; shapes test split; transfer: linear probe on {a.transfer}", flush=True)
     with ProcessPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(one, runs, [a.transfer] * len(runs)))
-    methods = sorted({r["run"].rsplit("-s", 1)[0] for r in rows})
+    methods = sorted({r["method"] for r in rows})
     table = {}
     lines = ["| metric (better) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for k in METRICS:
         cells = []
         for m in methods:
-            rs = [r[k] for r in rows if r["run"].rsplit("-s", 1)[0] == m]
+            rs = [r[k] for r in rows if r["method"] == m]
             table.setdefault(m, {})[k] = {"trained": [x[0] for x in rs], "random_init": [x[1] for x in rs]}
             cells.append(f"{fmt([x[0] for x in rs])} vs {fmt([x[1] for x in rs])}")
         lines.append(f"| {k} ({BETTER[k]}) | " + " | ".join(cells) + " |")
