@@ -8,7 +8,7 @@ versions and mean +- std over the seeds; writes benchmarks/results/methods.json 
 (bold there: above random init on every seed, and on average by more than the seed spread).
 
 Sources are written NAME[@SIZE][:NUM_TRAIN]. The defaults were tuned on `shapes` and
-`digits`; `photo_digits` (handwriting on real photographs) was never used for tuning.
+`digits`; `photo_digits` (handwriting on real photographs) was kept out of tuning.
 
     python benchmarks/bench_methods.py --sources digits shapes@16:2000 photo_digits@16 --seeds 3 --jobs 2
 

@@ -9,8 +9,9 @@ bundled with scikit-learn (``china.jpg``, ``flower.jpg``) and matplotlib
 (``|background - stroke|``, MNIST-M's blend), with a random size (55-85% of the side),
 position and rotation (+-15 degrees); 10 classes.
 
-Nothing in selfsup's defaults was tuned on this source: it exists so that the methods can
-be measured on data nobody fitted them to (see the README).  Splits never share a
+The defaults are chosen on other sources: this one exists so that the methods can be
+measured on data they were not fitted to (the README says where a candidate was looked at
+here before it was adopted).  Splits never share a
 handwritten digit or a background region: the train/test split of the digits is the
 ``digits`` source's (stratified 80/20, fixed), train images take their backgrounds from the
 top 70% of each photograph and test images from the bottom 30%.  Each digit appears in
@@ -87,7 +88,7 @@ def render(digits: np.ndarray, photos: list[np.ndarray], side: int, split: str, 
 
 
 @DATASETS.register("photo_digits", help="handwritten digits blended into real photographs (MNIST-M style), "
-                                        "32 px, 10 classes (built in; never used for tuning)")
+                                        "32 px, 10 classes (built in; kept out of tuning)")
 def build(path: str | None = None, *, image_size: int | None = None, seed: int = 0,
           num_train: int | None = None, num_test: int | None = None, **_ignored) -> Dataset:
     """The ``photo_digits`` source; ``num_*`` subsample with ``seed`` (the images themselves are

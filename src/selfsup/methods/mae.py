@@ -104,9 +104,9 @@ class MAE(Method):
         # was worse (shapes 0.252, digits kNN 0.822 below its random init 0.881).  60 epochs
         # rather than 30 (1.5 minutes on 2000 16 px images): kNN / linear (seed 0) on digits
         # 0.781 / 0.908 -> 0.794 / 0.925, on 16 px shapes 0.216 / 0.325 -> 0.252 / 0.336.
-        "cpu": {"method_cfg.norm_pix_loss": False, "backbone": "vit_mae_tiny", "backbone_cfg.depth": 4, "backbone_cfg.embed_dim": 128,
+        "cpu": {"backbone": "vit_mae_tiny", "backbone_cfg.depth": 4, "backbone_cfg.embed_dim": 128,
                 "backbone_cfg.num_heads": 4, "backbone_cfg.pool": "mean", "method_cfg.decoder_dim": 64, "method_cfg.decoder_depth": 1,
-                "method_cfg.decoder_heads": 2, "optim.name": "adamw", "optim.base_lr": 3e-3,
+                "method_cfg.decoder_heads": 2, "method_cfg.norm_pix_loss": False, "optim.name": "adamw", "optim.base_lr": 3e-3,
                 "optim.lr_scaling": "linear", "optim.betas": [0.9, 0.95], "optim.weight_decay": 0.05,
                 "optim.warmup_epochs": 2, "train.batch_size": 32, "train.epochs": 60},
         # the paper's recipe (AdamW 1.5e-4 x bs/256, betas (0.9, 0.95), wd 0.05, 40 warm-up
