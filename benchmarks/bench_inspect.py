@@ -38,7 +38,7 @@ def one(run: str, transfer: str) -> dict:
     s["transfer"] = [t["linear_top1"], t["random_init_linear_top1"]]
     print(f"  {Path(run).name}: " + ", ".join(f"{k} {v[0]:.3g}/{v[1]:.3g}" for k, v in s.items()
                                               if k in METRICS), flush=True)
-    return {"run": Path(run).name, "method": read_run_config(run)["method"], **{k: s[k] for k in METRICS}}
+    return {"run": Path(run).name, **{k: s[k] for k in METRICS}}
 
 
 def fmt(xs: list[float]) -> str:
@@ -53,13 +53,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
-    runs = sorted(str(p.parent) for p in Path(a.work).glob("*/config.yaml")  # the runs pretrained on shapes
-                  if read_run_config(p.parent).get("data", {}).get("source") == "shapes")
+    configs = {str(p.parent): read_run_config(p.parent) for p in sorted(Path(a.work).glob("*/config.yaml"))}
+    runs = [run for run, c in configs.items() if c.get("data", {}).get("source") == "shapes"]
     env = versions()
     print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'}; torch {env['torch']}")
     print(f"{len(runs)} runs under {a.work}; shapes test split; transfer: linear probe on {a.transfer}", flush=True)
     with ProcessPoolExecutor(a.jobs) as pool:
-        rows = list(pool.map(one, runs, [a.transfer] * len(runs)))
+        results = pool.map(one, runs, [a.transfer] * len(runs))
+        rows = [dict(r, method=configs[run]["method"]) for run, r in zip(runs, results)]
     methods = sorted({r["method"] for r in rows})
     table = {}
     lines = ["| metric (better) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]

@@ -251,9 +251,8 @@ def test_mae_learns_on_small_shapes(tmp_path):
     MAE's frozen features improve late, with steps: 30 epochs at batch 128 (470 steps)
     left kNN at its random-init level (0.170 against 0.162 on the shapes test split),
     batch 32 reached 0.216 and 60 epochs 0.252 -- the preset's reasons for its small batch
-    and its 60 epochs.  Here (seed
-    0, 1 thread) 0.150 -> 0.188: the gain of MAE's frozen features is small and varies
-    with the seed (the README's methods table)."""
+    and its 60 epochs.  Here (seed 0, 1 thread) 0.150 -> 0.188: the gain of MAE's frozen
+    features is small and varies with the seed (the README's methods table)."""
     preset = build_config("mae", preset="cpu")
     r = learn_on_shapes("mae", tmp_path, options=preset.method_cfg, backbone="vit_mae_tiny", num_test=2000,
                         backbone_cfg=preset.backbone_cfg, train__epochs=preset.train.epochs,
