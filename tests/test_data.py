@@ -218,6 +218,31 @@ def test_digits_resize_and_subsample():
     assert list(other.train.ids) != list(ds.train.ids)
 
 
+
+# ----------------------------------------------------------------------------------------
+# held-out sources: glyphs, photo_digits
+
+
+def test_glyphs_split_by_typeface_and_deterministic():
+    ds = create_dataset("glyphs", image_size=16)
+    assert ds.train.images.shape == (2880, 16, 16, 3) and ds.test.images.shape == (700, 16, 16, 3)
+    assert ds.train.classes == list("ABCDEFGHIJ")
+    assert np.all(np.bincount(ds.train.labels, minlength=10) == 288)
+    font = lambda ids: {i.split("/")[2].rsplit("-", 2)[0] for i in ids}  # noqa: E731
+    assert len(font(ds.train.ids)) == 16 and len(font(ds.test.ids)) == 5
+    assert not font(ds.train.ids) & font(ds.test.ids)  # test typefaces are unseen in training
+    chars = {i.rsplit("-", 2)[1] for i in ds.test.ids}
+    assert chars == set("ABCDEFGHIJabcdefghij")  # both cases, one label per letter
+    again = create_dataset("glyphs", image_size=16, seed=3, num_train=100)
+    lookup = dict(zip(ds.train.ids, ds.train.images))
+    assert all(np.array_equal(lookup[i], img) for i, img in zip(again.train.ids, again.train.images))
+    # the letter is drawn: with the same random draws, "A" and a blank differ on >5% of the pixels
+    from selfsup.data import glyphs
+
+    font_path = glyphs.font_dir() / glyphs.TEST_FONTS[0]
+    a, blank = (glyphs._render_one(font_path, c, 32, np.random.default_rng(0)) for c in "A ")
+    assert (np.abs(a.astype(int) - blank).max(axis=2) > 30).mean() > 0.05
+
 # ----------------------------------------------------------------------------------------
 # folder
 

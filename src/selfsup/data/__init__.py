@@ -323,5 +323,5 @@ def random_subset(images: ImageSet, n: int | None, seed: int) -> ImageSet:
 
 # The source modules register themselves in DATASETS; they import the names above, so
 # this import comes last.
-from selfsup.data import cache, digits, folder, hf, language, photo_digits, shapes, text, torchvision_sets  # noqa: E402, F401
+from selfsup.data import cache, digits, folder, glyphs, hf, language, photo_digits, shapes, text, torchvision_sets  # noqa: E402, F401
 from selfsup.data.python import as_dataset  # noqa: E402, F401
