@@ -93,10 +93,8 @@ class Classifier(nn.Module):
         self.head.bias.copy_(probe.bias - weight @ probe.mean)
 
 
-def _fit_probe(model: Classifier, samples: SampleSet, num_classes: int, cfg: ClassifierConfig) -> None:
-    feats = extract_features(model.encoder, samples, amp=cfg.amp)  # (N, D), eval mode
-    labels = torch.from_numpy(np.asarray(samples.labels))
-    model.set_head(train_linear_probe(feats, labels, num_classes=num_classes, seed=cfg.seed))
+def _fit_probe(model: Classifier, feats: torch.Tensor, labels: np.ndarray, num_classes: int, seed: int) -> None:
+    model.set_head(train_linear_probe(feats, torch.from_numpy(np.asarray(labels)), num_classes=num_classes, seed=seed))
 
 
 def _layer_scale(name: str, num_blocks: int, decay: float | None) -> float:
@@ -126,24 +124,26 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
                      progress: bool = False) -> Classifier:
     """Train ``encoder`` + a linear head on the labelled ``samples`` (images or text)."""
     device = torch.device(device)
-    all_samples, val_samples = samples, None
+    all_samples, val_samples, train_idx = samples, None, np.arange(len(samples))
     if cfg.val_fraction > 0:
-        train_idx, val_idx = stratified_split(np.asarray(samples.labels), cfg.val_fraction, cfg.seed)
+        split, val_idx = stratified_split(np.asarray(samples.labels), cfg.val_fraction, cfg.seed)
         if len(val_idx) >= num_classes:  # enough labels to hold some out
-            samples, val_samples = samples.subset(train_idx), samples.subset(val_idx)
+            train_idx, samples, val_samples = split, samples.subset(split), samples.subset(val_idx)
     torch.manual_seed(cfg.seed)
     model = fast_layout(Classifier(encoder, num_classes).to(device), device)
     precision = choose_precision(device, cfg.amp)
     nn.init.zeros_(model.head.bias)
     best, best_state, checks_without_gain = -1.0, None, 0
     compete = cfg.keep_probe and cfg.val_fraction > 0
+    if cfg.linear_init or compete:  # the starting encoder's frozen features of every label, extracted once
+        start_feats, all_labels = extract_features(model.encoder, all_samples, amp=cfg.amp), all_samples.labels
     if compete and (val_samples is None or len(val_samples) < cfg.min_val_per_class * num_classes):
-        _fit_probe(model, all_samples, num_classes, cfg)  # too few labels to check fine-tuning: the probe
+        _fit_probe(model, start_feats, all_labels, num_classes, cfg.seed)  # too few labels to check: the probe
         model.kept_probe = True
         return model.eval()
     if cfg.linear_init or compete:
         random_head = None if cfg.linear_init else copy.deepcopy(model.head.state_dict())
-        _fit_probe(model, samples, num_classes, cfg)
+        _fit_probe(model, start_feats[train_idx], np.asarray(all_labels)[train_idx], num_classes, cfg.seed)
         if compete:  # the one to beat: fine-tuning must get two more validation images right
             best = classifier_accuracy(model, val_samples, amp=cfg.amp) + 1.0 / len(val_samples)
             best_state = "probe"
@@ -193,7 +193,7 @@ def train_classifier(encoder: Encoder, samples: SampleSet, num_classes: int,
     if best_state == "probe":  # fine-tuning never beat the probe: the probe, fitted on every label
         model.encoder.load_state_dict(start)
         model.kept_probe = True
-        _fit_probe(model, all_samples, num_classes, cfg)
+        _fit_probe(model, start_feats, all_labels, num_classes, cfg.seed)
     elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
