@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data import DATASETS, Dataset, ImageSet, check_path, random_subset
+from selfsup.errors import SelfSupError
 
 LETTERS = "ABCDEFGHIJ"
 VARIANTS = {"train": 9, "test": 7}  # images per (font, letter, case)
@@ -60,7 +61,7 @@ def _render_one(font_path: Path, char: str, side: int, rng: np.random.Generator)
 
     big = 2 * side
     top, bottom, ink = _colour_pair(rng)
-    t = np.linspace(0, 1, big, dtype=np.float32)[:, None, None]  # vertical gradient, random direction
+    t = np.linspace(0, 1, big, dtype=np.float32)[:, None, None]  # a vertical gradient, or horizontal
     image = (top * (1 - t) + bottom * t) * np.ones((1, big, 1), np.float32)
     if rng.random() < 0.5:
         image = image.transpose(1, 0, 2)
@@ -111,8 +112,6 @@ def build(path: str | None = None, *, image_size: int | None = None, seed: int =
     check_path("glyphs", path, required=False)
     missing = [f for f in (*TRAIN_FONTS, *TEST_FONTS) if not (font_dir() / f).is_file()]
     if missing:
-        from selfsup.errors import SelfSupError
-
         raise SelfSupError(f"glyphs needs matplotlib's bundled fonts; missing {missing[0]} in {font_dir()}: "
                            "reinstall matplotlib")
     side = image_size or DEFAULT_IMAGE_SIZE
