@@ -36,7 +36,7 @@ from selfsup.eval.monitor import failing, warning_due
 from selfsup.methods import METHODS
 from selfsup.models.runtime import choose_precision
 
-SOURCES = ["digits", "shapes@16:2000", "photo_digits@16", "glyphs"]
+SOURCES = ["digits", "shapes@16:2000", "shapes@32:2000", "photo_digits@16", "glyphs"]
 ROLE = {"shapes": "tuned on", "digits": "tuned on", "photo_digits": "checked on", "glyphs": "held out"}
 
 
