@@ -5,6 +5,7 @@ comparison is exact up to float rounding."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,8 +175,14 @@ def test_torchrun_moco_killed_and_resumed_equals_uninterrupted(tmp_path, capsys)
     deadline = time.time() + 240
     while time.time() < deadline and not (ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 6):
         time.sleep(0.2)
-    os.killpg(job.pid, signal.SIGKILL)  # the whole job, mid-run
-    job.wait()
+    # the whole job, mid-run: torchrun starts its workers in sessions of their own, so they
+    # are found by their command line (which names the run folder) rather than by group
+    part = str(tmp_path / "part").encode()
+    while job.poll() is None or any(part in cmd for cmd in command_lines().values()):
+        for pid, cmd in command_lines().items():
+            if part in cmd:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
     stopped_at = torch.load(ckpt, weights_only=True)["step"]
     assert 6 <= stopped_at < 100, stopped_at  # 4 steps per epoch (128 images / 2 ranks / 16), 100 in all
     run(tmp_path / "part", "--resume")
@@ -189,6 +196,17 @@ def test_torchrun_moco_killed_and_resumed_equals_uninterrupted(tmp_path, capsys)
     capsys.readouterr()
     assert main(["pretrain", "--resume", "--out", str(tmp_path / "part"), "--epochs", "30", "--no-progress"]) == 2
     assert "trained with 2 process(es), this job has 1" in capsys.readouterr().err
+
+
+def command_lines() -> dict[int, bytes]:
+    """Every live process's command line, by pid."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            out[int(proc.name)] = (proc / "cmdline").read_bytes()
+        except (ValueError, OSError):
+            continue
+    return out
 
 
 def train_worker(rank: int, method: str, init_file: str, out: str, run_dir: str) -> None:
@@ -259,6 +277,27 @@ def test_features_are_extracted_by_shard_and_gathered_in_order(tmp_path):
     want = extract_features(enc, data, batch_size=8, amp=False)
     for r in range(WORLD):
         assert torch.allclose(torch.load(out.format(rank=r), weights_only=True), want, atol=1e-6)
+
+
+def agree_worker(rank: int, init_file: str, out: str) -> None:
+    from selfsup import distributed
+
+    join(rank, init_file)
+    try:  # the same step on both ranks, then rank 1 a step behind (it read an older checkpoint)
+        cpu = torch.device("cpu")
+        torch.save([distributed.same_on_all_ranks(8, cpu), distributed.same_on_all_ranks(8 - rank, cpu)],
+                   out.format(rank=rank))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_resumed_from_different_steps_are_told_on_every_rank(tmp_path):
+    """Each rank reads the checkpoint itself; the engine refuses to train (instead of
+    hanging in a collective) when another job rewrote it between their reads."""
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(agree_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        assert torch.load(out.format(rank=r)) == [True, False]
 
 
 def test_sync_bn_on_the_cpu_is_a_one_line_error(tmp_path):

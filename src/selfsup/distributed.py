@@ -139,6 +139,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def same_on_all_ranks(value: int, device: torch.device) -> bool:
+    """Whether every rank holds the same ``value`` (True in one process)."""
+    if not current().distributed:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t[0].item() == -t[1].item()
+
+
 def cleanup() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():

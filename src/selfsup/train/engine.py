@@ -149,6 +149,10 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
             log(f"note: the run so far trained in {ckpt['precision']}, it continues in {precision.name} "
                 f"(set train.amp to keep one precision)")
 
+    if not distributed.same_on_all_ranks(step, device):  # each rank reads the checkpoint itself
+        raise SelfSupError(f"cannot resume: the processes read different checkpoints from {run_dir} (another job "
+                           "wrote there while this one started); stop every job training into it, then resume")
+
     def last_good() -> str:
         if ckpt_path.exists():
             return f"the last good checkpoint {ckpt_path} is intact"
