@@ -121,6 +121,13 @@ def test_option_errors():
         make(loss="l1")
     with pytest.raises(SelfSupError, match="mask_fraction"):
         make(mask_fraction=1.5)
+    with pytest.raises(SelfSupError, match="takes a number"):  # its default is None: 0.5 or 0.75 by size
+        make(mask_fraction="half")
+
+
+def test_the_denoising_mask_fraction_follows_the_image_size():
+    assert make(size=16).mask_fraction == 0.5 and make(size=32).mask_fraction == 0.75
+    assert make(size=32, mask_fraction=0.25).mask_fraction == 0.25
 
 
 # ----------------------------------------------------------------------- decoders

@@ -100,12 +100,12 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
             where = ".".join(parts[:i]) or "config"
             raise SelfSupError(f"unknown option {key!r}: {where} has {', '.join(sorted(names))}")
         if last:
-            setattr(obj, part, _coerce(getattr(obj, part), value, key))
+            setattr(obj, part, coerce(getattr(obj, part), value, key))
         else:
             obj = getattr(obj, part)
 
 
-def _coerce(current: Any, value: Any, key: str) -> Any:
+def coerce(current: Any, value: Any, key: str) -> Any:
     """Give ``value`` the type of the default it replaces (YAML already parsed it)."""
     if value is None or current is None or isinstance(current, dict):
         return value

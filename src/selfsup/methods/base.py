@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from selfsup.config import coerce
 from selfsup.errors import SelfSupError
 from selfsup.models import Encoder
 from selfsup.registry import Registry
@@ -90,7 +91,11 @@ def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = 
     if unknown:
         raise SelfSupError(
             f"method {name!r} has no option {unknown[0]!r}; its options: {', '.join(sorted(fields))}")
-    cfg = cls.Config(**(options or {}))
+    defaults = cls.Config()
+    like = {"float": 0.0, "int": 0}  # a default of None takes the type its annotation names first
+    cfg = cls.Config(**{f.name: coerce(like.get(str(f.type).split(" ")[0]) if getattr(defaults, f.name) is None
+                                       else getattr(defaults, f.name), options[f.name], f"method_cfg.{f.name}")
+                        for f in dataclasses.fields(cls.Config) if f.name in (options or {})})
     return cls(encoder, cfg, image_size=image_size, channels=channels)
 
 
