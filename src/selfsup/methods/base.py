@@ -91,11 +91,14 @@ def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = 
     if unknown:
         raise SelfSupError(
             f"method {name!r} has no option {unknown[0]!r}; its options: {', '.join(sorted(fields))}")
-    defaults = cls.Config()
-    like = {"float": 0.0, "int": 0}  # a default of None takes the type its annotation names first
-    cfg = cls.Config(**{f.name: coerce(like.get(str(f.type).split(" ")[0]) if getattr(defaults, f.name) is None
-                                       else getattr(defaults, f.name), options[f.name], f"method_cfg.{f.name}")
-                        for f in dataclasses.fields(cls.Config) if f.name in (options or {})})
+    defaults, typed = cls.Config(), {}
+    for f in dataclasses.fields(cls.Config):
+        if f.name in (options or {}):  # each value gets its default's type (a clear error if it cannot)
+            like = getattr(defaults, f.name)
+            if like is None:  # an optional number: the first type its annotation names
+                like = {"float": 0.0, "int": 0}.get(str(f.type).split(" ")[0])
+            typed[f.name] = coerce(like, options[f.name], f"method_cfg.{f.name}")
+    cfg = cls.Config(**typed)
     return cls(encoder, cfg, image_size=image_size, channels=channels)
 
 
