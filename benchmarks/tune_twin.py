@@ -34,22 +34,12 @@ TRAIN_FONTS = tuple(f for f in glyphs.TRAIN_FONTS if f not in TEST_FONTS)
 VARIANTS = {"train": 12, "test": 9}  # images per (font, letter, case): 2880 train / 720 test
 
 
-def render(split: str, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([0, 0 if split == "train" else 1, 1])
-    images, labels = [], []
-    for font in TRAIN_FONTS if split == "train" else TEST_FONTS:
-        for label, letter in enumerate(LETTERS):
-            for char in (letter, letter.lower()):
-                for _ in range(VARIANTS[split]):
-                    images.append(glyphs._render_one(glyphs.font_dir() / font, char, side, rng))
-                    labels.append(label)
-    return np.stack(images), np.array(labels, np.int64)
-
-
 def twin(work: Path) -> Dataset:
     cache = work / "twin.npz"
     if not cache.exists():
-        (a, b), (c, d) = render("train"), render("test")
+        (a, b, _), (c, d, _) = (glyphs.render(split, 32, letters=LETTERS, variants=VARIANTS[split], stream=(1,),
+                                              fonts=TRAIN_FONTS if split == "train" else TEST_FONTS)
+                                for split in ("train", "test"))
         np.savez(cache, a=a, b=b, c=c, d=d)
     z = np.load(cache)
 

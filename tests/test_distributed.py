@@ -4,6 +4,7 @@ running statistics (eval mode) and the views are a fixed function of each image,
 comparison is exact up to float rounding."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -178,9 +179,9 @@ def test_torchrun_moco_killed_and_resumed_equals_uninterrupted(tmp_path, capsys)
     # the whole job, mid-run: torchrun starts its workers in sessions of their own, so they
     # are found by their command line (which names the run folder) rather than by group
     part = str(tmp_path / "part").encode()
-    while job.poll() is None or any(part in cmd for cmd in command_lines().values()):
-        for pid, cmd in command_lines().items():
-            if part in cmd:
+    while (left := [pid for pid, cmd in command_lines().items() if part in cmd]) or job.poll() is None:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):  # it may have died since it was listed
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
     stopped_at = torch.load(ckpt, weights_only=True)["step"]

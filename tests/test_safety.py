@@ -264,6 +264,8 @@ def test_a_symlink_loop_does_not_multiply_the_images(tmp_path):
     ("train.log_every=0", "train.log_every must be at least 1"),
     ("data.num_train=0", "data.num_train must be at least 1"),
     ("method_cfg.temperature=warm", "option 'method_cfg.temperature' takes a number, not 'warm'"),
+    ("data.num_train=many", "option 'data.num_train' takes a number, not 'many'"),  # a default of None
+    ("train.max_steps=1.5", "option 'train.max_steps' takes a whole number, not 1.5"),
 ])
 def test_config_values_that_make_no_sense_are_one_line_errors(option, needle, tmp_path, capsys):
     code, _, err = run_cli(capsys, "pretrain", "--out", str(tmp_path / "r"), "--set", option)

@@ -95,18 +95,21 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
                 return
             obj = obj.setdefault(part, {})
             continue
-        names = {f.name for f in dataclasses.fields(obj)}
-        if part not in names:
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if part not in fields:
             where = ".".join(parts[:i]) or "config"
-            raise SelfSupError(f"unknown option {key!r}: {where} has {', '.join(sorted(names))}")
+            raise SelfSupError(f"unknown option {key!r}: {where} has {', '.join(sorted(fields))}")
         if last:
-            setattr(obj, part, coerce(getattr(obj, part), value, key))
+            setattr(obj, part, coerce(getattr(obj, part), value, key, fields[part].type))
         else:
             obj = getattr(obj, part)
 
 
-def coerce(current: Any, value: Any, key: str) -> Any:
-    """Give ``value`` the type of the default it replaces (YAML already parsed it)."""
+def coerce(current: Any, value: Any, key: str, annotation: Any = "") -> Any:
+    """Give ``value`` the type of the default it replaces (YAML already parsed it); a
+    default of None takes the first type its field's ``annotation`` names (``int | None``)."""
+    if current is None:
+        current = {"float": 0.0, "int": 0}.get(str(annotation).split(" ")[0])
     if value is None or current is None or isinstance(current, dict):
         return value
     if isinstance(current, bool):

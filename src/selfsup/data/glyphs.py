@@ -87,16 +87,19 @@ def _render_one(font_path: Path, char: str, side: int, rng: np.random.Generator)
     return np.asarray(canvas.resize((side, side), Image.BOX))
 
 
-def render(split: str, side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All images of one split: (images (n, side, side, 3) uint8, labels (n,), ids (n,))."""
-    fonts = TRAIN_FONTS if split == "train" else TEST_FONTS
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+def render(split: str, side: int, seed: int = 0, *, letters: str = LETTERS, fonts: tuple[str, ...] | None = None,
+           variants: int | None = None, stream: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All images of one split: (images (n, side, side, 3) uint8, labels (n,), ids (n,)).
+    ``letters``, ``fonts``, ``variants`` and extra ``stream`` keys for the random generator
+    make other sets from the same recipe (benchmarks/tune_twin.py)."""
+    fonts = fonts or (TRAIN_FONTS if split == "train" else TEST_FONTS)
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, *stream])
     images, labels, ids = [], [], []
     for font in fonts:
         path = font_dir() / font
-        for label, letter in enumerate(LETTERS):
+        for label, letter in enumerate(letters):
             for char in (letter, letter.lower()):
-                for v in range(VARIANTS[split]):
+                for v in range(variants or VARIANTS[split]):
                     images.append(_render_one(path, char, side, rng))
                     labels.append(label)
                     ids.append(f"glyphs/{split}/{Path(font).stem}-{char}-{v}")

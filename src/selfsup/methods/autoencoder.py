@@ -172,9 +172,10 @@ class Autoencoder(Method):
         if cfg.loss not in LOSSES:
             raise SelfSupError(f"unknown loss {cfg.loss!r}; valid: {', '.join(LOSSES)}")
         self.mask_fraction = cfg.mask_fraction if cfg.mask_fraction is not None else 0.5 if image_size < 32 else 0.75
-        for name in ("mask_fraction", "salt_pepper_fraction", "patch_fraction"):
-            if not 0.0 <= getattr(self if name == "mask_fraction" else cfg, name) <= 1.0:
-                raise SelfSupError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+        for name, value in (("mask_fraction", self.mask_fraction), ("salt_pepper_fraction", cfg.salt_pepper_fraction),
+                            ("patch_fraction", cfg.patch_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise SelfSupError(f"{name} must be in [0, 1], got {value}")
         self.patch_size = cfg.patch_size or max(1, image_size // 8)
         if image_size % self.patch_size:
             raise SelfSupError(f"patch_size {self.patch_size} does not divide the image side {image_size}")

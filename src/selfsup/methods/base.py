@@ -91,14 +91,9 @@ def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = 
     if unknown:
         raise SelfSupError(
             f"method {name!r} has no option {unknown[0]!r}; its options: {', '.join(sorted(fields))}")
-    defaults, typed = cls.Config(), {}
-    for f in dataclasses.fields(cls.Config):
-        if f.name in (options or {}):  # each value gets its default's type (a clear error if it cannot)
-            like = getattr(defaults, f.name)
-            if like is None:  # an optional number: the first type its annotation names
-                like = {"float": 0.0, "int": 0}.get(str(f.type).split(" ")[0])
-            typed[f.name] = coerce(like, options[f.name], f"method_cfg.{f.name}")
-    cfg = cls.Config(**typed)
+    defaults = cls.Config()  # each option gets its default's type (a clear error if it cannot)
+    cfg = cls.Config(**{f.name: coerce(getattr(defaults, f.name), options[f.name], f"method_cfg.{f.name}", f.type)
+                        for f in dataclasses.fields(cls.Config) if f.name in (options or {})})
     return cls(encoder, cfg, image_size=image_size, channels=channels)
 
 

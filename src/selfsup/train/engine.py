@@ -144,14 +144,13 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
         if saved_n != n:
             raise SelfSupError(f"cannot resume: the run in {run_dir} was trained on {saved_n} samples, "
                                f"this data has {n}; resume with the same data")
+        if not distributed.same_on_all_ranks(step, device):  # each rank reads the checkpoint itself
+            raise SelfSupError(f"cannot resume: the processes read different checkpoints from {run_dir} (another "
+                               "job wrote there while this one started); stop every job training into it, then resume")
         log(f"resuming {run_dir} at step {step}/{total}")
         if ckpt.get("precision", precision.name) != precision.name:
             log(f"note: the run so far trained in {ckpt['precision']}, it continues in {precision.name} "
                 f"(set train.amp to keep one precision)")
-
-    if not distributed.same_on_all_ranks(step, device):  # each rank reads the checkpoint itself
-        raise SelfSupError(f"cannot resume: the processes read different checkpoints from {run_dir} (another job "
-                           "wrote there while this one started); stop every job training into it, then resume")
 
     def last_good() -> str:
         if ckpt_path.exists():
