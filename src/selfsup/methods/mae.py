@@ -90,20 +90,21 @@ class MAEConfig:
 class MAE(Method):
     Config = MAEConfig
     presets = {
-        # About 3 s per epoch of 2000 16 px shapes on one fp32 thread (benchmarks/results/methods.json).
+        # About 7 s per epoch of 2000 16 px shapes on one thread (benchmarks/results/methods.json).
         # base_lr is 20x the paper's: in a few thousand steps the paper's 1.5e-4 barely
         # moves the loss; kNN gains appear only after ~1000 steps, so small data needs small
         # batches: after 30 epochs (seed 0) kNN on digits 0.622 / 0.697 / 0.803 at batch
         # 128 / 64 / 32 (random init 0.478), on 16 px shapes 0.170 / 0.207 / 0.216 (random
         # init 0.162), in about the same time; mask ratio 0.5 was no better (0.558 / 0.194).
         # The representation is the mean of the patch tokens (linear probe 0.278 against 0.232
-        # for the CLS token after 30 epochs of 3000 32 px shapes).  Raw-pixel targets: at 16
-        # px a patch is 2x2 pixels, and normalising 12 values per patch mostly amplifies
-        # noise; without it the linear probe on 16 px shapes rose 0.275 / 0.252 -> 0.325 /
-        # 0.324 (seeds 0 / 1), on digits 0.933 / 0.900 -> 0.908 / 0.928.  Patch 4 at 16 px
-        # was worse (shapes 0.252, digits kNN 0.822 below its random init 0.881).  60 epochs
-        # rather than 30 (1.5 minutes on 2000 16 px images): kNN / linear (seed 0) on digits
-        # 0.781 / 0.908 -> 0.794 / 0.925, on 16 px shapes 0.216 / 0.325 -> 0.252 / 0.336.
+        # for the CLS token after 30 epochs of 3000 32 px shapes).  Raw-pixel targets (the
+        # patches of these small images are few pixels, often flat): without per-patch
+        # normalisation the linear probe on 16 px shapes rose 0.275 / 0.252 -> 0.325 / 0.324
+        # (seeds 0 / 1), on digits 0.933 / 0.900 -> 0.908 / 0.928.  4 px patches on 8 px
+        # digits (a 2x2 grid) were worse (kNN 0.822 below that backbone's random init
+        # 0.881).  60 epochs rather than 30: kNN / linear (seed 0) on digits 0.781 / 0.908 ->
+        # 0.794 / 0.925, on 16 px shapes 0.216 / 0.325 -> 0.252 / 0.336 (4 px patches, then
+        # the default at 16 px; 2 px ones learn more at 4x the time: models/vit.py).
         "cpu": {"backbone": "vit_mae_tiny", "backbone_cfg.depth": 4, "backbone_cfg.embed_dim": 128,
                 "backbone_cfg.num_heads": 4, "backbone_cfg.pool": "mean", "method_cfg.decoder_dim": 64, "method_cfg.decoder_depth": 1,
                 "method_cfg.decoder_heads": 2, "method_cfg.norm_pix_loss": False, "optim.name": "adamw", "optim.base_lr": 3e-3,
