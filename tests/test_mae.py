@@ -10,7 +10,7 @@ from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
 from selfsup.methods.losses import mae_loss
 from selfsup.methods.mae import reconstruct
-from selfsup.models import Encoder, create_backbone
+from selfsup.models import Encoder, create_backbone, rebuild_encoder
 from selfsup.models import eval_mode
 from selfsup.models.vit import default_patch_size, random_masking, sincos_pos_embed_2d
 from conftest import learn_on_shapes, stop_and_resume
@@ -184,6 +184,16 @@ def test_forward_backward_reaches_every_parameter():
 @pytest.mark.parametrize("size,patch", [(8, 2), (16, 2), (28, 2), (32, 4), (64, 8), (96, 8), (224, 16)])
 def test_default_patch_size_gives_8_to_14_patches_per_side_from_16_px(size, patch):
     assert default_patch_size(size) == patch
+
+
+@pytest.mark.parametrize("name", ["vit_mae_tiny", "vit_tiny"])
+def test_a_saved_vit_keeps_its_patch_size_when_the_default_changes(name):
+    enc = create_backbone(name, image_size=16, depth=1)
+    assert enc.kwargs["patch_size"] == 2  # the spec records the size chosen, not only what was passed
+    assert rebuild_encoder({"name": name, "kwargs": enc.kwargs}, enc.state_dict()).net.patch_size == 2
+    old = create_backbone(name, image_size=16, depth=1, patch_size=4)  # the default at 16 px before
+    spec = {"name": name, "kwargs": {k: v for k, v in old.kwargs.items() if k != "patch_size"}}  # as saved then
+    assert rebuild_encoder(spec, old.state_dict()).net.patch_size == 4
 
 
 def test_encoder_contract_cls_after_norm():

@@ -15,6 +15,7 @@ takes plain ``[0, 1]`` images and needs nothing else to be used.
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -92,6 +93,8 @@ def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
     if modality(name) == "text":
         return builder(**kwargs)
     net = builder(in_chans=in_chans, image_size=image_size, **kwargs)
+    if hasattr(net, "patch_size"):  # the patch size chosen, so a later default cannot change a saved encoder
+        kwargs = {**kwargs, "patch_size": net.patch_size}
     mean = list(mean) if mean is not None else [0.5] * in_chans
     std = list(std) if std is not None else [0.25] * in_chans
     spec = dict(in_chans=in_chans, image_size=image_size, mean=mean, std=std, **kwargs)
@@ -102,7 +105,11 @@ def rebuild_encoder(spec: dict, state: dict[str, torch.Tensor] | None = None) ->
     """The encoder described by ``spec`` (``{"name", "kwargs"}`` as saved with a run or an
     export) in eval mode: with ``state`` loaded when given, freshly initialised (from the
     current torch seed) otherwise."""
-    enc = create_backbone(spec["name"], **spec["kwargs"])
+    kwargs = dict(spec["kwargs"])
+    if ("patch_size" not in kwargs and 16 <= kwargs.get("image_size", 0) < 32
+            and "patch_size" in inspect.signature(backbone_builder(spec["name"])).parameters):
+        kwargs["patch_size"] = 4  # saved before ViTs took 2 px patches by default from 16 to 31 px
+    enc = create_backbone(spec["name"], **kwargs)
     if state is not None:
         enc.load_state_dict(state)
     return enc.eval()
