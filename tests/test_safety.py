@@ -284,6 +284,11 @@ def test_checkpoints_missing_a_key_or_with_unknown_arguments_are_one_line_errors
     torch.save(odd, tmp_path / "b.pt")
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "b.pt"))
     one_line_error(code, err, "does not describe an encoder", "depth_multiplier")
+    wider = dict(ckpt, encoder={"name": "small_cnn", "kwargs": {**ckpt["encoder"]["kwargs"],
+                                                               "width": 2 * ckpt["encoder"]["kwargs"]["width"]}})
+    torch.save(wider, tmp_path / "c.pt")
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "c.pt"))
+    one_line_error(code, err, "does not describe an encoder", "size mismatch for net.")  # names the first tensor
     resumable = tmp_path / "r"
     resumable.mkdir()
     torch.save({k: v for k, v in ckpt.items() if k != "optimizer"}, resumable / "last.pt")

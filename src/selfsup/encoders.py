@@ -138,7 +138,9 @@ def _rebuild(spec: Any, state: dict, source: Path) -> torch.nn.Module:
     except SelfSupError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        lines = [s.strip() for s in str(err).strip().splitlines() if s.strip()]
+        # torch's load_state_dict puts the useful part ("size mismatch for ...") on the line after its header
+        first = " ".join(lines[:2])[:240] if lines else type(err).__name__
         raise SelfSupError(f"{source} does not describe an encoder this selfsup can build ({first})") from None
     bad = first_nonfinite(enc)
     if bad is not None:
