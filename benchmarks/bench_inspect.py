@@ -1,6 +1,7 @@
 """The representation diagnostics of every run of bench_methods.py, next to random init.
 
-For each method and seed under --work (the runs bench_methods.py wrote on `shapes`), runs
+For each method and seed under --work (the runs bench_methods.py wrote on `shapes` at
+--image-size, 16 px by default, so that every row compares the same images), runs
 `selfsup.api.inspect_encoder` (compactness, collapse, alignment, uniformity, DCI, MIG,
 transfer to digits) on the shapes test split and prints mean +- std over the seeds for
 the trained encoder and the same backbone at random initialisation (seeded by 0). Writes
@@ -51,13 +52,15 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench_methods")
     ap.add_argument("--transfer", default="digits")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=16, help="the shapes runs at this size")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     configs = {str(p.parent): read_run_config(p.parent) for p in sorted(Path(a.work).glob("*/config.yaml"))}
-    runs = [run for run, c in configs.items() if c.get("data", {}).get("source") == "shapes"]
+    runs = [run for run, c in configs.items()
+            if c.get("data", {}).get("source") == "shapes" and c["data"].get("image_size") == a.image_size]
     env = versions()
     print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'}; torch {env['torch']}")
-    print(f"{len(runs)} runs under {a.work}; shapes test split; transfer: linear probe on {a.transfer}", flush=True)
+    print(f"{len(runs)} {a.image_size} px runs under {a.work}; shapes test split; transfer: linear probe on {a.transfer}", flush=True)
     with ProcessPoolExecutor(a.jobs) as pool:
         results = pool.map(one, runs, [a.transfer] * len(runs))
         rows = [dict(r, method=configs[run]["method"]) for run, r in zip(runs, results)]
