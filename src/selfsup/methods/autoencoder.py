@@ -154,9 +154,9 @@ def _exact_subset(n: int, d: int, k: int, generator: torch.Generator, like: torc
 class Autoencoder(Method):
     Config = AutoencoderConfig
     presets = {
-        # Batch 32 (at base_lr 8e-3 x 32/256 = 1e-3; four times the steps of batch 128 in
-        # ~1.3x the time): kNN / linear, seed 0, against batch 128's 3-seed means in the
-        # README table: digits 0.975 / 0.983 (0.976 / 0.979), 16 px shapes 0.426 / 0.315
+        # Batch 32 (at base_lr 8e-3 x 32/256 = 1e-3; four times the steps of batch 128, an
+        # epoch 1.2x to 3.3x as long): kNN / linear, seed 0, against batch 128's 3-seed
+        # means in the README table: digits 0.975 / 0.983 (0.976 / 0.979), 16 px shapes 0.426 / 0.315
         # (0.347 / 0.329), 32 px 0.359 / 0.336 (0.298 / 0.329), photo_digits 0.379 / 0.228
         # (0.345 / 0.258); on the glyph twin (benchmarks/tune_twin.py), seeds 0 / 1 / 2,
         # 0.119 / 0.143, 0.118 / 0.172, 0.117 / 0.139 against random init 0.114 / 0.099,
@@ -251,7 +251,8 @@ class DenoisingAutoencoder(Autoencoder):
     # 0.956, on 16 px shapes 0.308 / 0.340 / 0.306 -> 0.393 / 0.408 / 0.366 (mask fraction
     # 0.25 instead: digits 0.972 / 0.964 / 0.950, shapes 0.335 / 0.330 / 0.355).
     # Batch 128, as measured above (the autoencoder moved to batch 32 later; not tried here).
-    presets = {**Autoencoder.presets, "cpu": {**Autoencoder.presets["cpu"], "train.batch_size": 128, "train.epochs": 40}}
+    presets = {**Autoencoder.presets,
+               "cpu": {**Autoencoder.presets["cpu"], "train.batch_size": 128, "train.epochs": 40}}
 
 
 @torch.no_grad()
