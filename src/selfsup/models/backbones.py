@@ -82,6 +82,11 @@ def modality(name: str) -> str:
     return BACKBONES.meta(name).get("modality", "image")
 
 
+def takes_patch_size(builder: Callable[..., nn.Module]) -> bool:
+    """Whether a backbone builder has a ``patch_size`` argument (the ViTs), which its spec records."""
+    return "patch_size" in inspect.signature(builder).parameters
+
+
 def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
                     mean: list[float] | None = None, std: list[float] | None = None,
                     **kwargs) -> nn.Module:
@@ -93,7 +98,7 @@ def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
     if modality(name) == "text":
         return builder(**kwargs)
     net = builder(in_chans=in_chans, image_size=image_size, **kwargs)
-    if hasattr(net, "patch_size"):  # the patch size chosen, so a later default cannot change a saved encoder
+    if takes_patch_size(builder):  # the patch size chosen, so a later default cannot change a saved encoder
         kwargs = {**kwargs, "patch_size": net.patch_size}
     mean = list(mean) if mean is not None else [0.5] * in_chans
     std = list(std) if std is not None else [0.25] * in_chans
@@ -107,7 +112,7 @@ def rebuild_encoder(spec: dict, state: dict[str, torch.Tensor] | None = None) ->
     current torch seed) otherwise."""
     kwargs = dict(spec["kwargs"])
     if ("patch_size" not in kwargs and 16 <= kwargs.get("image_size", 0) < 32
-            and "patch_size" in inspect.signature(backbone_builder(spec["name"])).parameters):
+            and takes_patch_size(backbone_builder(spec["name"]))):
         kwargs["patch_size"] = 4  # saved before ViTs took 2 px patches by default from 16 to 31 px
     enc = create_backbone(spec["name"], **kwargs)
     if state is not None:
