@@ -325,6 +325,53 @@ def test_mae_loss_ignores_visible_patches():
     assert torch.all(pred.grad[mask == 0] == 0) and pred.grad[mask == 1].abs().sum() > 0
 
 
+def naive_hog(img, p, bins=9, eps=0.05):
+    """One image (C, H, W) -> (L, bins), pixel by pixel, straight from Dalal & Triggs."""
+    c, h, w = img.shape
+    px = lambda ch, i, j: float(img[ch, min(max(i, 0), h - 1), min(max(j, 0), w - 1)])  # replicate edges
+    out = []
+    for r in range(0, h, p):
+        for q in range(0, w, p):
+            hist = [0.0] * bins
+            for i in range(r, r + p):
+                for j in range(q, q + p):
+                    grads = [(px(ch, i, j + 1) - px(ch, i, j - 1), px(ch, i + 1, j) - px(ch, i - 1, j)) for ch in range(c)]
+                    gx, gy = max(grads, key=lambda g: math.hypot(*g))  # the loudest channel
+                    angle = math.atan2(gy, gx) % math.pi
+                    width = math.pi / bins
+                    k = math.floor(angle / width - 0.5)  # the bin centre just below the angle
+                    frac = angle / width - 0.5 - k
+                    hist[k % bins] += math.hypot(gx, gy) * (1 - frac)
+                    hist[(k + 1) % bins] += math.hypot(gx, gy) * frac
+            norm = math.sqrt(sum(v * v for v in hist) + (eps * p * p) ** 2)
+            out.append([v / norm for v in hist])
+    return torch.tensor(out, dtype=f64)
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_hog_targets_match_a_pixel_by_pixel_loop(p):
+    imgs = torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(p))
+    got = L.hog_targets(imgs, p)
+    assert got.shape == (2, (8 // p) * (12 // p), 9)
+    for b in range(2):
+        assert torch.allclose(got[b].double(), naive_hog(imgs[b], p), atol=1e-5)
+
+
+def test_hog_targets_see_edges_not_colour():
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 4:] = 1.0  # a vertical edge: horizontal gradient, orientation 0 = pi, between bins 8 and 0
+    t = L.hog_targets(x, 2)
+    edge = t[0, 1]  # patch (0, 1) touches the edge (columns 2-3), patch (0, 0) does not
+    assert edge[0] == pytest.approx(edge[8].item()) and edge[0] > 0.6 and edge[1:8].abs().max() == 0
+    assert t[0, 0].abs().max() == 0  # flat: all zeros
+    across = L.hog_targets(x.transpose(2, 3), 2)[0, 4]  # a horizontal edge: orientation pi/2, bin 4's centre
+    assert across[4] > 0.9 and across.sum() == across[4]
+    # the same edge in another colour, at another contrast, on another background
+    recoloured = torch.tensor([0.2, 0.7, 0.1]).view(1, 3, 1, 1) + 0.6 * x * torch.tensor([1.0, -1.0, 0.5]).view(1, 3, 1, 1)
+    assert torch.allclose(L.hog_targets(recoloured, 2), t, atol=0.02)
+    assert torch.allclose(L.hog_targets(x[:, [2, 0, 1]], 2), t)  # channel order does not matter
+
+
 # -------------------------------------------------------------- reconstruction
 def test_reconstruction_article_example_2():
     x = torch.tensor([[0.8, 0.3, 0.9, 0.5]])

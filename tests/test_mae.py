@@ -8,7 +8,7 @@ import torch
 from selfsup.api import build_config
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
-from selfsup.methods.losses import mae_loss
+from selfsup.methods.losses import hog_targets, mae_loss, patchify
 from selfsup.methods.mae import reconstruct
 from selfsup.models import Encoder, create_backbone, rebuild_encoder
 from selfsup.models import eval_mode
@@ -156,16 +156,20 @@ def test_loss_ignores_predictions_of_visible_patches(monkeypatch):
     assert abs(moved.item() - base.item()) > 0.1
 
 
-def test_loss_is_mae_loss_on_the_patchified_view_with_norm_pix(monkeypatch):
-    for norm_pix in (True, False):
-        m = make(norm_pix_loss=norm_pix, views={"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0],
-                                                "flip_p": 0.0})  # identity view
-        seen = capture(m, monkeypatch, lambda pred, mask: seen.setdefault("pred", pred))
-        x = images()
-        loss, _ = m.training_step(x, torch.Generator().manual_seed(0))
-        assert seen["mask"].sum(1).tolist() == [48.0] * 4  # 64 patches, 0.75 removed
-        expected = mae_loss(seen["pred"], m.targets(x), seen["mask"], norm_pix)
-        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+@pytest.mark.parametrize("target, norm_pix, width", [("pixels", True, 12), ("pixels", False, 12), ("hog", True, 9)])
+def test_loss_is_mae_loss_on_the_targets_of_the_view(monkeypatch, target, norm_pix, width):
+    m = make(norm_pix_loss=norm_pix, target=target,
+             views={"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0})  # identity view
+    seen = capture(m, monkeypatch, lambda pred, mask: seen.setdefault("pred", pred))
+    x = images()
+    loss, _ = m.training_step(x, torch.Generator().manual_seed(0))
+    assert seen["mask"].sum(1).tolist() == [48.0] * 4  # 64 patches, 0.75 removed
+    assert seen["pred"].shape == (4, 64, width)  # 2x2x3 pixels, or 9 orientation bins
+    wanted = patchify(x, 2) if target == "pixels" else hog_targets(x, 2)
+    assert torch.equal(m.targets(x), wanted)
+    # HOG is normalised per patch already: norm_pix applies to pixel targets only
+    expected = mae_loss(seen["pred"], wanted, seen["mask"], norm_pix and target == "pixels")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------- training
@@ -214,6 +218,12 @@ def test_mae_needs_an_mae_backbone():
         create_method("mae", enc, {}, image_size=16, channels=3)
     with pytest.raises(SelfSupError, match="mask_ratio"):
         make(mask_ratio=1.0)
+    with pytest.raises(SelfSupError, match="target must be 'pixels' or 'hog', got 'hogg'"):
+        make(target="hogg")
+    with pytest.raises(SelfSupError, match="hog_bins must be at least 2"):
+        make(target="hog", hog_bins=1)
+    with pytest.raises(SelfSupError, match="no reconstructions to show; pretrain with method_cfg.target=pixels"):
+        reconstruct(make(target="hog"), images(2))
 
 
 def test_reconstruct_undoes_norm_pix_and_pastes_visible_patches(monkeypatch):

@@ -524,6 +524,36 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) 
     return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def hog_targets(imgs: Tensor, p: int, bins: int = 9, eps: float = 0.05) -> Tensor:
+    r"""Per-patch histograms of oriented gradients, MaskFeat's target (Wei et al. 2022).
+
+    (N, C, H, W) in [0, 1] -> (N, L, bins), one histogram per p x p patch in
+    :func:`patchify`'s order.  Following Dalal & Triggs (2005): centred [-1, 0, 1]
+    differences (edges replicated), at each pixel the gradient of the channel with the
+    largest magnitude; unsigned orientations in [0, pi) vote their magnitude into
+    ``bins`` bins, split linearly between the two nearest bin centres; each patch's
+    histogram is L2-normalised, ``h / sqrt(|h|^2 + (eps p^2)^2)``, so the target does
+    not depend on colour or contrast, and flat patches stay near zero.
+    """
+    n, c, hh, ww = imgs.shape
+    x = F.pad(imgs.float(), (1, 1, 1, 1), mode="replicate")
+    gx = x[..., 1:-1, 2:] - x[..., 1:-1, :-2]  # (N, C, H, W)
+    gy = x[..., 2:, 1:-1] - x[..., :-2, 1:-1]
+    mag = torch.sqrt(gx ** 2 + gy ** 2)
+    best = mag.argmax(dim=1, keepdim=True)  # (N, 1, H, W)
+    gx, gy, mag = gx.gather(1, best), gy.gather(1, best), mag.gather(1, best)
+    pos = torch.remainder(torch.atan2(gy, gx), math.pi) * (bins / math.pi) - 0.5  # bin centres at k + 0.5
+    lo = torch.floor(pos)
+    frac = pos - lo
+    lo = torch.remainder(lo, bins).long()
+    hist = torch.zeros(n, bins, hh, ww, device=imgs.device)
+    hist.scatter_add_(1, lo, mag * (1 - frac))
+    hist.scatter_add_(1, torch.remainder(lo + 1, bins), mag * frac)
+    cells = F.avg_pool2d(hist, p) * (p * p)  # (N, bins, H/p, W/p): sums over each patch
+    cells = cells.flatten(2).transpose(1, 2)  # (N, L, bins)
+    return cells / torch.sqrt((cells ** 2).sum(-1, keepdim=True) + (eps * p * p) ** 2)
+
+
 # -------------------------------------------------------------------- autoencoders
 _RECON_KINDS = ("mse", "bce")
 
