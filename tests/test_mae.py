@@ -156,7 +156,8 @@ def test_loss_ignores_predictions_of_visible_patches(monkeypatch):
     assert abs(moved.item() - base.item()) > 0.1
 
 
-@pytest.mark.parametrize("target, norm_pix, width", [("pixels", True, 12), ("pixels", False, 12), ("hog", True, 9)])
+@pytest.mark.parametrize("target, norm_pix, width", [("pixels", True, 12), ("pixels", False, 12), ("hog", True, 9),
+                                                     ("pixels+hog", True, 21), ("pixels+hog", False, 21)])
 def test_loss_is_mae_loss_on_the_targets_of_the_view(monkeypatch, target, norm_pix, width):
     m = make(norm_pix_loss=norm_pix, target=target,
              views={"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0})  # identity view
@@ -164,11 +165,17 @@ def test_loss_is_mae_loss_on_the_targets_of_the_view(monkeypatch, target, norm_p
     x = images()
     loss, _ = m.training_step(x, torch.Generator().manual_seed(0))
     assert seen["mask"].sum(1).tolist() == [48.0] * 4  # 64 patches, 0.75 removed
-    assert seen["pred"].shape == (4, 64, width)  # 2x2x3 pixels, or 9 orientation bins
-    wanted = patchify(x, 2) if target == "pixels" else hog_targets(x, 2)
+    assert seen["pred"].shape == (4, 64, width)  # 2x2x3 pixels, then 9 orientation bins
+    pixels, hog, pred, mask = patchify(x, 2), hog_targets(x, 2), seen["pred"], seen["mask"]
+    # HOG is normalised per patch already: norm_pix applies to the pixel part only
+    if target == "pixels":
+        wanted, expected = pixels, mae_loss(pred, pixels, mask, norm_pix)
+    elif target == "hog":
+        wanted, expected = hog, mae_loss(pred, hog, mask, False)
+    else:
+        wanted = torch.cat([pixels, hog], -1)
+        expected = mae_loss(pred[..., :12], pixels, mask, norm_pix) + mae_loss(pred[..., 12:], hog, mask, False)
     assert torch.equal(m.targets(x), wanted)
-    # HOG is normalised per patch already: norm_pix applies to pixel targets only
-    expected = mae_loss(seen["pred"], wanted, seen["mask"], norm_pix and target == "pixels")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -218,11 +225,13 @@ def test_mae_needs_an_mae_backbone():
         create_method("mae", enc, {}, image_size=16, channels=3)
     with pytest.raises(SelfSupError, match="mask_ratio"):
         make(mask_ratio=1.0)
-    with pytest.raises(SelfSupError, match="target must be 'pixels' or 'hog', got 'hogg'"):
+    with pytest.raises(SelfSupError, match="target must be one of pixels, hog, pixels\\+hog, auto; got 'hogg'"):
         make(target="hogg")
+    # "auto" (the cpu preset): HOG joins the pixels from 16 px up
+    assert make(size=8, target="auto").target == "pixels" and make(size=16, target="auto").target == "pixels+hog"
     with pytest.raises(SelfSupError, match="hog_bins must be at least 2"):
         make(target="hog", hog_bins=1)
-    with pytest.raises(SelfSupError, match="no reconstructions to show; pretrain with method_cfg.target=pixels"):
+    with pytest.raises(SelfSupError, match="no reconstructions to show; pretrain with method_cfg.target=pixels \\(or pixels\\+hog\\)"):
         reconstruct(make(target="hog"), images(2))
 
 
@@ -241,6 +250,12 @@ def test_reconstruct_undoes_norm_pix_and_pastes_visible_patches(monkeypatch):
     monkeypatch.setattr(m.decoder, "forward", lambda *a: perfect)
     _, _, recon = reconstruct(m, x, torch.Generator().manual_seed(0))
     assert torch.allclose(recon, x, atol=1e-5)
+    # with pixels+hog, the pixel part of the prediction is the reconstruction
+    both = make(target="pixels+hog", norm_pix_loss=False)
+    perfect = torch.cat([both.targets(x)[..., :12], torch.full((3, 64, 9), 7.0)], -1)
+    monkeypatch.setattr(both.decoder, "forward", lambda *a: perfect)
+    _, masked, recon = reconstruct(both, x, torch.Generator().manual_seed(0))
+    assert torch.allclose(recon, x, atol=1e-6) and (masked == 0.5).any()
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -259,10 +274,15 @@ def held_out_loss(m, images_nhwc):
     x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float() / 255
     with eval_mode(m):
         pred, mask, _ = m.masked_forward(x, torch.Generator().manual_seed(0))
-    target, norm = m.targets(x), m.cfg.norm_pix_loss
-    # a patch's own mean: 0 in norm-pix units, where the loss of it is (P-1)/P
-    patch_mean = torch.zeros_like(target) if norm else target.mean(-1, keepdim=True).expand_as(target)
-    return mae_loss(pred, target, mask, norm_pix=norm).item(), mae_loss(patch_mean, target, mask, norm_pix=norm).item()
+    target, k = m.targets(x), m.pixel_dim
+    pixels, hog = target[..., :k], target[..., k:]  # either may be empty
+
+    def own_mean(t):
+        return t.mean(-1, keepdim=True).expand_as(t)
+
+    # a patch's own mean, per part of the target: 0 in norm-pix units, where the loss of it is (P-1)/P
+    oracle = torch.cat([torch.zeros_like(pixels) if m.cfg.norm_pix_loss else own_mean(pixels), own_mean(hog)], -1)
+    return m.loss(pred, target, mask).item(), m.loss(oracle, target, mask).item()
 
 
 @pytest.mark.slow
