@@ -134,8 +134,8 @@ class MAE(Method):
         # digits (a 2x2 grid) were worse (kNN 0.822 below that backbone's random init
         # 0.881).  60 epochs rather than 30: kNN / linear (seed 0) on digits 0.781 / 0.908 ->
         # 0.794 / 0.925, on 16 px shapes 0.216 / 0.325 -> 0.252 / 0.336 (4 px patches, then
-        # the default at 16 px; 2 px ones learn more at 4x the time: models/vit.py).  HOG
-        # targets instead of pixels: the module docstring.
+        # the default at 16 px; 2 px ones learn more at 4x the time: models/vit.py).  The
+        # target, HOG + 0.3 x pixels from 16 px up and pixels below: the module docstring.
         "cpu": {"backbone": "vit_mae_tiny", "backbone_cfg.depth": 4, "backbone_cfg.embed_dim": 128,
                 "backbone_cfg.num_heads": 4, "backbone_cfg.pool": "mean", "method_cfg.decoder_dim": 64,
                 "method_cfg.decoder_depth": 1, "method_cfg.decoder_heads": 2, "method_cfg.norm_pix_loss": False,
