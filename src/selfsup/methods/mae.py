@@ -223,7 +223,7 @@ def reconstruct(method: MAE, images: torch.Tensor, generator: torch.Generator | 
     x = images.to(next(method.parameters()).device).float()
     with eval_mode(method):
         pred, mask, _ = method.masked_forward(x, generator)  # (N, L, D), (N, L)
-    pred, target = pred[..., :k], method.targets(x)[..., :k]  # (N, L, P): the pixel part
+    pred, target = pred[..., :k], patchify(x, method.patch_size)  # (N, L, P): the pixel part
     if method.cfg.norm_pix_loss:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, unbiased=True, keepdim=True)
