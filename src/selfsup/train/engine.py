@@ -1,10 +1,14 @@
 """The training engine: the step loop and nothing else.
 
-Per step: LR and weight decay from precomputed schedules, the method's loss under
-autocast (bf16 on CUDA and on CPUs with native bf16, see :mod:`selfsup.models.runtime`),
-a guard that stops on a non-finite loss *before* anything is written,
-optional gradient clipping, the method's pre-step hook (gradient edits), the optimizer
-step and the method's post-step hook (EMA).
+``train`` reads as the run does: lock the folder, build the :class:`Trainer` (device,
+loader, schedules, optimizer), ``restore`` a checkpoint when resuming, then per batch
+``step`` (LR and weight decay from precomputed schedules, the method's loss under
+autocast, the non-finite guard *before* anything is written, optional gradient clipping,
+the method's pre-step hook, the optimizer step and the method's post-step hook for EMA
+updates), ``check`` (the online monitor), ``record`` (metrics.jsonl, TensorBoard, the
+progress bar) and ``save`` at epoch ends.  Autocast is bf16 on CUDA and on CPUs with
+native bf16 (:mod:`selfsup.models.runtime`).
+
 Checkpoints are atomic and hold everything needed to continue the same run exactly:
 model and method state (targets, queues, centres), optimizer, AMP scaler, step, and the
 RNG states and the loader's position; the data order is a pure function of (seed, epoch)
@@ -65,36 +69,297 @@ def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, 
 
 
 def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, monitor) -> list[dict[str, float]]:
-    tc, oc = cfg.train, cfg.optim
-    device = select_device(tc.device)
-    world = distributed.setup(device)
-    log = distributed.rank_log(log, world)
-    if device.type == "cpu":
-        keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    run = Trainer(method, data, cfg, run_dir, log)
+    if resume:
+        run.restore(resume if isinstance(resume, dict) else load_checkpoint(run.ckpt_path))
+    run.announce()
+    if run.step >= run.stop_at:
+        run.log(f"the run in {run_dir} is already at step {run.step} of {run.stop_at}: nothing to train "
+                f"(raise --epochs to extend it)")
+        return []
+    run.open_logs(resumed=bool(resume), on_start=on_start)
+    run.method.train()
+    stop = StopAtStepBoundary()
+    try:
+        with stop:
+            for batch in run.batches():
+                value, logs = run.step_on(batch)
+                checked = run.check(monitor)
+                if run.step % cfg.train.log_every == 0 or run.step == run.stop_at or checked:
+                    run.record(value, logs, checked)
+                if run.checkpoint_due():
+                    run.save()
+                if distributed.any_rank(stop.requested is not None, run.device):  # SIGINT / SIGTERM: leave between steps
+                    run.save()
+                    raise SelfSupError(f"stopped by {stop.requested or 'a signal'} after step {run.step}; checkpoint "
+                                       f"saved, continue with --resume --out {run_dir}")
+        run.save()
+    finally:  # also on a stop or an error: the bar ends its line, TensorBoard flushes
+        run.close()
+    run.summarize()
+    run.method.eval()
+    return run.history
 
-    samples = as_samples(data)
-    n, bs = len(samples), tc.batch_size
+
+class Trainer:
+    """The state one run's steps share, and the named steps of :func:`_train`.
+
+    Built once per call: device and process group, this rank's :class:`Loader`, the
+    per-step LR and weight-decay schedules, the optimizer, the AMP scaler and the
+    augmentation generator (seeded by ``train.seed``, replaced by the checkpoint's on
+    resume)."""
+
+    def __init__(self, method: Method, data, cfg: RunConfig, run_dir: Path, log: Callable[[str], None]):
+        tc, oc = cfg.train, cfg.optim
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = select_device(tc.device)
+        self.world = distributed.setup(self.device)
+        self.log = distributed.rank_log(log, self.world)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.loader = _loader(method, as_samples(data), cfg, self.world, self.device)
+        self.n, self.steps_per_epoch = self.loader.n, self.loader.steps_per_epoch
+        self.global_bs = tc.batch_size * self.world.world_size
+        self.total = tc.epochs * self.steps_per_epoch
+        if self.total < 1:
+            raise SelfSupError("nothing to train: --epochs must be at least 1")
+        self.stop_at = self.total if tc.max_steps is None else min(self.total, tc.max_steps)
+
+        self.lr = scaled_lr(oc, self.global_bs)  # the LR rule is applied to the global batch
+        self.lr_sched = lr_schedule(oc.schedule, self.lr, oc.min_lr, self.total,
+                                    round(oc.warmup_epochs * self.steps_per_epoch))
+        self.wd_sched = cosine_schedule(oc.weight_decay, oc.weight_decay if oc.weight_decay_end is None
+                                        else oc.weight_decay_end, self.total)
+        method.setup_schedules(self.total, self.steps_per_epoch)
+        self.method = _place(method, cfg, self.device, self.world)
+        self.optimizer = build_optimizer(self.method.trainable_parameters(), oc, self.method.lr_scales())
+        self.precision = choose_precision(self.device, tc.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_loss_scaling)
+        torch.manual_seed(tc.seed)
+        self.aug_gen = torch.Generator().manual_seed(tc.seed)
+        self.step = 0
+        self.ckpt_path = run_dir / CHECKPOINT
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.history: list[dict[str, float]] = []
+        self.board = self.bar = None
+        self.step_fn = self.collapse = None
+        self.t_last = time.perf_counter()
+        self.seen, self.waited = 0, 0.0
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint: method, optimizer, scaler, RNGs and step, after
+        checking that it belongs to this method, backbone, world size and data."""
+        cfg, run_dir, path = self.cfg, self.run_dir, self.ckpt_path
+        ckpt = require_keys(ckpt, RESUME_KEYS, path)
+        saved = ckpt["config"]
+        for key in ("method", "backbone"):
+            if saved[key] != getattr(cfg, key):
+                raise SelfSupError(f"cannot resume: the run in {run_dir} used {key} {saved[key]!r}, "
+                                   f"not {getattr(cfg, key)!r}")
+        try:
+            self.method.load_state_dict(ckpt["method_state"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise SelfSupError(f"cannot resume from {path}: its state does not fit this {cfg.method} "
+                               f"({str(err).strip().splitlines()[0][:160]})") from None
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.aug_gen.set_state(ckpt["aug_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        self.step = int(ckpt["step"])
+        position = ckpt.get("data_position", {})
+        world_size = self.world.world_size
+        if position.get("world_size", 1) != world_size:
+            raise SelfSupError(f"cannot resume: the run in {run_dir} trained with {position.get('world_size', 1)} "
+                               f"process(es), this job has {world_size}; each process's shard and the steps per "
+                               f"epoch depend on it, so resume with --nproc_per_node giving "
+                               f"{position.get('world_size', 1)} processes in all")
+        if position.get("samples", self.n) != self.n:
+            raise SelfSupError(f"cannot resume: the run in {run_dir} was trained on {position['samples']} samples, "
+                               f"this data has {self.n}; resume with the same data")
+        if not distributed.same_on_all_ranks(self.step, self.device):  # each rank reads the checkpoint itself
+            raise SelfSupError(f"cannot resume: the processes read different checkpoints from {run_dir} (another "
+                               "job wrote there while this one started); stop every job training into it, then resume")
+        self.log(f"resuming {run_dir} at step {self.step}/{self.total}")
+        if ckpt.get("precision", self.precision.name) != self.precision.name:
+            self.log(f"note: the run so far trained in {ckpt['precision']}, it continues in {self.precision.name} "
+                     f"(set train.amp to keep one precision)")
+
+    def announce(self) -> None:
+        """Print the device, size, precision and the LR arithmetic (base, batch, actual)."""
+        oc, precision, world = self.cfg.optim, self.precision, self.world
+        n_params = sum(p.numel() for _, p in self.method.trainable_parameters())
+        self.log(f"{self.cfg.method} on {self.device} | {n_params / 1e6:.2f}M trainable params | precision "
+                 f"{precision}" + ("" if precision.dtype is None else "; train.amp=false for fp32"))
+        processes = f" ({world.world_size} processes x {self.cfg.train.batch_size})" if world.distributed else ""
+        self.log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x global batch {self.global_bs}{processes} -> lr "
+                 f"{self.lr:.4g}; {self.steps_per_epoch} steps/epoch, {self.total} steps")
+
+    def open_logs(self, *, resumed: bool, on_start: Callable[[], None] | None) -> None:
+        """TensorBoard (checked first: it may be missing), metrics.jsonl cut back to the
+        checkpoint's step (or started afresh), the caller's ``on_start``, the progress bar."""
+        tc, main = self.cfg.train, self.world.is_main
+        self.board = _tensorboard(self.run_dir) if tc.tensorboard and main else None
+        if main:
+            if resumed:
+                _truncate_metrics(self.metrics_path, self.step)
+            elif self.metrics_path.exists():
+                self.metrics_path.unlink()
+            if on_start is not None:
+                on_start()
+        self.step_fn = distributed.training_step(self.method, self.device)  # DDP under several processes
+        self.collapse = CollapseMonitor()
+        self.bar = _progress(self.total, self.step, tc.progress and main)
+        self.t_last = time.perf_counter()
+
+    def batches(self):
+        """This rank's batches from the current step to ``stop_at``, adding the time each
+        was waited for to ``waited`` (the data-wait share of the records)."""
+        steps = self.loader.steps(self.step, self.stop_at)
+        while True:
+            t_wait = time.perf_counter()
+            try:
+                _, batch = next(steps)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - t_wait
+            yield batch
+
+    def step_on(self, batch) -> tuple[float, dict[str, float]]:
+        """One optimizer step on ``batch``; returns the loss and the method's logs."""
+        oc, optimizer, step = self.cfg.optim, self.optimizer, self.step
+        x = to_input(batch, self.device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
+        for group in optimizer.param_groups:
+            group["lr"] = float(self.lr_sched[step]) * group.get("lr_scale", 1.0)
+            if group.get("apply_wd"):
+                group["weight_decay"] = float(self.wd_sched[step])
+        with self.precision.autocast():
+            loss, logs = self.step_fn(x, self.aug_gen)
+        value = loss.item()
+        if distributed.any_rank(not math.isfinite(value), self.device):
+            raise SelfSupError(f"loss became {value} at step {step} (epoch {step // self.steps_per_epoch}); "
+                               f"stopped before writing, {self._last_good()}; lower optim.base_lr or set "
+                               f"optim.clip_grad")
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)  # true gradients for clipping and the hook (no-op without AMP)
+        if oc.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.method.trainable_parameters()], oc.clip_grad)
+        self.method.before_optimizer_step()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step(step)
+        self.step += 1
+        self.seen += self.global_bs
+        self.bar.update(1)
+        return value, logs
+
+    def check(self, monitor: Any) -> dict[str, float]:
+        """The online monitor's metrics when a check is due (every ``train.monitor_every``
+        epochs and at the last step), else ``{}``; its time is not counted as training."""
+        every = self.cfg.train.monitor_every
+        if monitor is None or not (self.step == self.stop_at or (
+                every and self.step % (every * self.steps_per_epoch) == 0)):
+            return {}
+        t_check = time.perf_counter()
+        checked, message = monitor.measure(self.method.encoder, self.step / self.steps_per_epoch)
+        checked["monitor_s"] = time.perf_counter() - t_check
+        self.t_last += checked["monitor_s"]
+        if message:
+            self.log(f"epoch {self.step / self.steps_per_epoch:g}: {message}")
+        return checked
+
+    def record(self, value: float, logs: dict[str, float], checked: dict[str, float]) -> None:
+        """One metrics record: metrics.jsonl (rank 0), TensorBoard, the progress bar, and
+        a warning when the collapse monitor has seen its whole window go bad."""
+        now, step = time.perf_counter(), self.step
+        rec = {"step": step, "epoch": step / self.steps_per_epoch, "loss": value,
+               "lr": float(self.lr_sched[step - 1]), "samples_per_s": self.seen / (now - self.t_last),
+               "data_wait": self.waited / (now - self.t_last), **logs, **checked}
+        self.t_last, self.seen, self.waited = now, 0, 0.0
+        warning = self.collapse.update(logs)
+        if warning and self.collapse.bad == self.collapse.window:
+            self.log(f"warning at step {step}: {warning}")
+        rec["collapse_suspected"] = bool(warning)
+        self.history.append(rec)
+        if self.world.is_main:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.board is not None:
+            for key, v in rec.items():
+                if key != "step" and isinstance(v, (int, float)):
+                    self.board.add_scalar(key, float(v), step)
+        knn = next((r["knn_monitor"] for r in reversed(self.history) if "knn_monitor" in r), None)
+        self.bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}",
+                             **({} if knn is None else {"knn": f"{knn:.3f}"}))
+
+    def checkpoint_due(self) -> bool:
+        every = self.cfg.train.checkpoint_every
+        return bool(every and self.step % every == 0) or self.step % self.steps_per_epoch == 0
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (rank 0), after checking on every rank that no
+        parameter or buffer became non-finite."""
+        bad = first_nonfinite(self.method)
+        if distributed.any_rank(bad is not None, self.device):
+            raise SelfSupError(f"{bad or 'a tensor on another rank'} became non-finite by step {self.step}; stopped "
+                               f"before writing, {self._last_good()}; lower optim.base_lr or set optim.clip_grad")
+        if not self.world.is_main:
+            return
+        atomic_save({
+            "format": FORMAT, "config": self.cfg.to_dict(), "step": self.step,
+            "method_state": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "aug_rng": self.aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "data_position": _position(self.loader, self.step, self.n),
+            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            "encoder": {"name": self.method.encoder.name, "kwargs": self.method.encoder.kwargs},
+            "precision": self.precision.name,
+        }, self.ckpt_path)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.board is not None:
+            self.board.close()
+
+    def summarize(self) -> None:
+        """Print the last monitor check: online kNN and effective rank against random init."""
+        final = next((r for r in reversed(self.history) if "eff_rank" in r), None)
+        if final is None:
+            return
+        knn = (f"online kNN {final['knn_monitor']:.3f} (random init {final['knn_random_init']:.3f}), "
+               if "knn_monitor" in final else "")
+        self.log(f"{knn}effective rank {final['eff_rank']:.1f} (random init {final['eff_rank_random_init']:.1f}) "
+                 f"on {final['monitor_samples']} training samples")
+
+    def _last_good(self) -> str:
+        if self.ckpt_path.exists():
+            return f"the last good checkpoint {self.ckpt_path} is intact"
+        return "no checkpoint was written"
+
+
+def _loader(method: Method, samples, cfg: RunConfig, world, device: torch.device) -> Loader:
+    """This rank's shard in batches of ``train.batch_size`` (the last partial batch dropped),
+    after checking the batch fits the method and the data."""
+    n, bs, per_rank = len(samples), cfg.train.batch_size, len(samples) // world.world_size
     if bs < method.min_batch_size:
         raise SelfSupError(f"batch size {bs} is too small for {cfg.method} (needs at least "
                            f"{method.min_batch_size}); raise --batch-size")
-    if bs > n // world.world_size:
-        raise SelfSupError(f"batch size {bs} is larger than the {n // world.world_size} training samples of each of "
-                           f"{world.world_size} process(es); lower --batch-size to at most {n // world.world_size}")
-    loader = Loader(samples, bs, seed=tc.seed, rank=world.rank, world_size=world.world_size,
-                    pin_memory=device.type == "cuda")  # this rank's shard; drops the last partial batch
-    global_bs = bs * world.world_size
-    steps_per_epoch = loader.steps_per_epoch
-    total = tc.epochs * steps_per_epoch
-    if total < 1:
-        raise SelfSupError("nothing to train: --epochs must be at least 1")
+    if bs > per_rank:
+        raise SelfSupError(f"batch size {bs} is larger than the {per_rank} training samples of each of "
+                           f"{world.world_size} process(es); lower --batch-size to at most {per_rank}")
+    return Loader(samples, bs, seed=cfg.train.seed, rank=world.rank, world_size=world.world_size,
+                  pin_memory=device.type == "cuda")
 
-    lr = scaled_lr(oc, global_bs)  # the LR rule is applied to the global batch
-    lr_sched = lr_schedule(oc.schedule, lr, oc.min_lr, total, round(oc.warmup_epochs * steps_per_epoch))
-    wd_end = oc.weight_decay if oc.weight_decay_end is None else oc.weight_decay_end
-    wd_sched = cosine_schedule(oc.weight_decay, wd_end, total)
-    method.setup_schedules(total, steps_per_epoch)
+
+def _place(method: Method, cfg: RunConfig, device: torch.device, world) -> Method:
+    """The method on its device: SyncBatchNorm under torchrun with train.sync_bn, channels-last
+    where that is faster, and the encoder compiled with train.compile."""
+    tc = cfg.train
     if tc.sync_bn:
         if device.type != "cuda":
             raise SelfSupError("train.sync_bn needs CUDA: torch's SyncBatchNorm does not run on the CPU (MoCo's "
@@ -107,184 +372,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
             raise SelfSupError("train.compile on the CPU needs a C++ compiler (g++ or clang++); install one "
                                "or drop train.compile")
         method.encoder.compile()  # in place: parameter names and checkpoints are unchanged
-    optimizer = build_optimizer(method.trainable_parameters(), oc, method.lr_scales())
-    precision = choose_precision(device, tc.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_loss_scaling)
-
-    torch.manual_seed(tc.seed)
-    aug_gen = torch.Generator().manual_seed(tc.seed)
-    step = 0
-    ckpt_path = run_dir / CHECKPOINT
-    metrics_path = run_dir / "metrics.jsonl"
-    if resume:
-        ckpt = require_keys(resume if isinstance(resume, dict) else load_checkpoint(ckpt_path), RESUME_KEYS, ckpt_path)
-        saved = ckpt["config"]
-        for key in ("method", "backbone"):
-            if saved[key] != getattr(cfg, key):
-                raise SelfSupError(f"cannot resume: the run in {run_dir} used {key} {saved[key]!r}, "
-                                   f"not {getattr(cfg, key)!r}")
-        try:
-            method.load_state_dict(ckpt["method_state"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise SelfSupError(f"cannot resume from {ckpt_path}: its state does not fit this {cfg.method} "
-                               f"({str(err).strip().splitlines()[0][:160]})") from None
-        scaler.load_state_dict(ckpt["scaler"])
-        aug_gen.set_state(ckpt["aug_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        step = int(ckpt["step"])
-        saved_world = ckpt.get("data_position", {}).get("world_size", 1)
-        if saved_world != world.world_size:
-            raise SelfSupError(f"cannot resume: the run in {run_dir} trained with {saved_world} process(es), this job "
-                               f"has {world.world_size}; each process's shard and the steps per epoch depend on it, "
-                               f"so resume with --nproc_per_node giving {saved_world} processes in all")
-        saved_n = ckpt.get("data_position", {}).get("samples", n)
-        if saved_n != n:
-            raise SelfSupError(f"cannot resume: the run in {run_dir} was trained on {saved_n} samples, "
-                               f"this data has {n}; resume with the same data")
-        if not distributed.same_on_all_ranks(step, device):  # each rank reads the checkpoint itself
-            raise SelfSupError(f"cannot resume: the processes read different checkpoints from {run_dir} (another "
-                               "job wrote there while this one started); stop every job training into it, then resume")
-        log(f"resuming {run_dir} at step {step}/{total}")
-        if ckpt.get("precision", precision.name) != precision.name:
-            log(f"note: the run so far trained in {ckpt['precision']}, it continues in {precision.name} "
-                f"(set train.amp to keep one precision)")
-
-    def last_good() -> str:
-        if ckpt_path.exists():
-            return f"the last good checkpoint {ckpt_path} is intact"
-        return "no checkpoint was written"
-
-    def save_checkpoint() -> None:
-        bad = first_nonfinite(method)
-        if distributed.any_rank(bad is not None, device):
-            raise SelfSupError(f"{bad or 'a tensor on another rank'} became non-finite by step {step}; stopped "
-                               f"before writing, {last_good()}; lower optim.base_lr or set optim.clip_grad")
-        if not world.is_main:
-            return
-        atomic_save({
-            "format": FORMAT, "config": cfg.to_dict(), "step": step,
-            "method_state": method.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "aug_rng": aug_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "data_position": _position(loader, step, n),
-            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            "encoder": {"name": method.encoder.name, "kwargs": method.encoder.kwargs},
-            "precision": precision.name,
-        }, ckpt_path)
-
-    n_params = sum(p.numel() for _, p in method.trainable_parameters())
-    log(f"{cfg.method} on {device} | {n_params / 1e6:.2f}M trainable params | precision {precision}"
-        + ("" if precision.dtype is None else "; train.amp=false for fp32"))
-    processes = f" ({world.world_size} processes x {bs})" if world.distributed else ""
-    log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x global batch {global_bs}{processes} -> lr {lr:.4g}; "
-        f"{steps_per_epoch} steps/epoch, {total} steps")
-
-    stop_at = total if tc.max_steps is None else min(total, tc.max_steps)
-    if step >= stop_at:
-        log(f"the run in {run_dir} is already at step {step} of {stop_at}: nothing to train "
-            f"(raise --epochs to extend it)")
-        return []
-    board = _tensorboard(run_dir) if tc.tensorboard and world.is_main else None  # checked first: it may be missing
-    if world.is_main:
-        if resume:
-            _truncate_metrics(metrics_path, step)
-        elif metrics_path.exists():
-            metrics_path.unlink()
-        if on_start is not None:
-            on_start()
-    step_fn = distributed.training_step(method, device)  # DDP under several processes
-    history: list[dict[str, float]] = []
-    collapse = CollapseMonitor()
-    bar = _progress(total, step, tc.progress and world.is_main)
-    t_last = t_step_end = time.perf_counter()
-    seen, waited = 0, 0.0
-    method.train()
-    try:
-        stop = StopAtStepBoundary()
-        with stop:
-            for _, batch in loader.steps(step, stop_at):
-                waited += time.perf_counter() - t_step_end  # the step waited this long for its batch
-                epoch = step // steps_per_epoch
-                x = to_input(batch, device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
-                for group in optimizer.param_groups:
-                    group["lr"] = float(lr_sched[step]) * group.get("lr_scale", 1.0)
-                    if group.get("apply_wd"):
-                        group["weight_decay"] = float(wd_sched[step])
-                with precision.autocast():
-                    loss, logs = step_fn(x, aug_gen)
-                value = loss.item()
-                if distributed.any_rank(not math.isfinite(value), device):
-                    raise SelfSupError(
-                        f"loss became {value} at step {step} (epoch {epoch}); stopped before writing, "
-                        f"{last_good()}; lower optim.base_lr or set optim.clip_grad")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)  # true gradients for clipping and the hook (no-op without AMP)
-                if oc.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_([p for _, p in method.trainable_parameters()], oc.clip_grad)
-                method.before_optimizer_step()
-                scaler.step(optimizer)
-                scaler.update()
-                method.after_optimizer_step(step)
-                step += 1
-                seen += global_bs
-                bar.update(1)
-                checked = {}
-                if monitor is not None and (step == stop_at or (
-                        tc.monitor_every and step % (tc.monitor_every * steps_per_epoch) == 0)):
-                    t_check = time.perf_counter()
-                    checked, message = monitor.measure(method.encoder, step / steps_per_epoch)
-                    checked["monitor_s"] = time.perf_counter() - t_check
-                    t_last += checked["monitor_s"]  # the check is not training time
-                    if message:
-                        log(f"epoch {step / steps_per_epoch:g}: {message}")
-                if step % tc.log_every == 0 or step == stop_at or checked:
-                    now = time.perf_counter()
-                    rec = {"step": step, "epoch": step / steps_per_epoch, "loss": value,
-                           "lr": float(lr_sched[step - 1]), "samples_per_s": seen / (now - t_last),
-                           "data_wait": waited / (now - t_last), **logs, **checked}
-                    t_last, seen, waited = now, 0, 0.0
-                    warning = collapse.update(logs)
-                    if warning and collapse.bad == collapse.window:
-                        log(f"warning at step {step}: {warning}")
-                    rec["collapse_suspected"] = bool(warning)
-                    history.append(rec)
-                    if world.is_main:
-                        with metrics_path.open("a") as f:
-                            f.write(json.dumps(rec) + "\n")
-                    if board is not None:
-                        for key, v in rec.items():
-                            if key != "step" and isinstance(v, (int, float)):
-                                board.add_scalar(key, float(v), step)
-                    knn = next((r["knn_monitor"] for r in reversed(history) if "knn_monitor" in r), None)
-                    bar.set_postfix(loss=f"{value:.4f}", per_s=f"{rec['samples_per_s']:.0f}",
-                                    **({} if knn is None else {"knn": f"{knn:.3f}"}))
-                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step % steps_per_epoch == 0:
-                    save_checkpoint()
-                if distributed.any_rank(stop.requested is not None, device):  # SIGINT / SIGTERM: leave between steps
-                    save_checkpoint()
-                    raise SelfSupError(f"stopped by {stop.requested or 'a signal'} after step {step}; checkpoint saved, continue "
-                                       f"with --resume --out {run_dir}")
-                t_step_end = time.perf_counter()
-        save_checkpoint()
-    finally:  # also on a stop or an error: the bar ends its line, TensorBoard flushes
-        bar.close()
-        if board is not None:
-            board.close()
-
-    final = next((r for r in reversed(history) if "eff_rank" in r), None)
-    if final is not None:
-        knn = (f"online kNN {final['knn_monitor']:.3f} (random init {final['knn_random_init']:.3f}), "
-               if "knn_monitor" in final else "")
-        log(f"{knn}effective rank {final['eff_rank']:.1f} (random init {final['eff_rank_random_init']:.1f}) "
-            f"on {final['monitor_samples']} training samples")
-    method.eval()
-    return history
-
-
+    return method
 def _tensorboard(run_dir: Path):
     """A TensorBoard writer for ``RUN/tensorboard`` (the same records as metrics.jsonl)."""
     try:
