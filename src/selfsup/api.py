@@ -38,10 +38,14 @@ from selfsup.eval.label_efficiency import fresh_copy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.eval.monitor import OnlineMonitor
 from selfsup.methods import METHODS, Method, create_method
+from selfsup.methods.base import method_config
 from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebuild_encoder
 from selfsup.models.backbones import backbone_builder
 from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_device
+from selfsup.registry import unknown
+from selfsup.schedules import LR_SCHEDULES
 from selfsup.train import checkpoint, engine
+from selfsup.train.optim import LR_SCALINGS, OPTIMIZERS
 from selfsup.encoders import export_encoder, load_encoder, load_init_weights
 
 # keyword shorthands accepted by pretrain(); every other option is a dotted override
@@ -88,18 +92,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check every registry name and choice before any data is loaded or model built."""
     from selfsup.data import DATASETS
 
-    METHODS.get(cfg.method)
+    method_config(cfg.method, cfg.method_cfg)
     backbone_builder(cfg.backbone)
     if not cfg.data.source.startswith(PYTHON_SOURCE):
         DATASETS.get(cfg.data.source.partition(":")[0])
-    if cfg.optim.name not in ("adamw", "sgd", "lars"):
-        raise SelfSupError(f"unknown optimizer {cfg.optim.name!r}; valid: adamw, sgd, lars")
-    if cfg.optim.lr_scaling not in ("linear", "sqrt", "none"):
-        raise SelfSupError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; valid: linear, sqrt, none")
+    OPTIMIZERS.get(cfg.optim.name)
+    LR_SCALINGS.get(cfg.optim.lr_scaling)
+    LR_SCHEDULES.get(cfg.optim.schedule)
     if cfg.init and cfg.data.tokenizer:
         raise SelfSupError("--init brings the model's own tokenizer; drop --tokenizer")
-    if cfg.optim.schedule not in ("cosine", "linear"):
-        raise SelfSupError(f"unknown optim.schedule {cfg.optim.schedule!r}; valid: cosine, linear")
     o, t, d = cfg.optim, cfg.train, cfg.data
     rules = [  # (ok, option, what it must be)
         (o.base_lr > 0, "optim.base_lr", "positive"), (o.weight_decay >= 0, "optim.weight_decay", "at least 0"),
@@ -525,6 +526,8 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
     from selfsup.eval import diagnostics
     from selfsup.output import plots
 
+    if projection not in plots.PROJECTIONS:
+        raise SelfSupError(unknown("projection", projection, plots.PROJECTIONS))
     enc = _as_encoder(encoder).cpu().eval()
     ds = dataset_for(enc, data, text)
     rnd = fresh_copy(enc, 0).eval()

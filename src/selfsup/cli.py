@@ -11,7 +11,15 @@ import json
 import sys
 import warnings
 
+from selfsup.data import DATASETS
+from selfsup.encoders import EXPORT_FORMATS
 from selfsup.errors import SelfSupError
+from selfsup.eval.label_efficiency import PROTOCOLS
+from selfsup.methods import METHODS
+from selfsup.models import BACKBONES
+from selfsup.output.plots import PROJECTIONS
+from selfsup.schedules import LR_SCHEDULES
+from selfsup.train.optim import LR_SCALINGS, OPTIMIZERS
 
 EPILOG = "Every option of the run config can be set with --set, e.g. --set optim.base_lr=0.3 " \
          "--set method_cfg.temperature=0.2 --set 'method_cfg.views={crop_scale: [0.2, 1]}'."
@@ -45,18 +53,18 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled data", parents=[_text_reading()],
                        description="Pretrain an encoder on unlabeled images or text with a self-supervised method.",
                        epilog=EPILOG)
-    p.add_argument("--method", help="self-supervised method (see `selfsup list`); default simclr, or the run's own "
-                                    "with --resume")
-    p.add_argument("--data", help="data source: shapes | digits | folder:PATH | hf:PATH | cifar10:PATH | "
-                                  "stl10:PATH; text: lang | pydoc | text:PATH (default: the preset's, shapes "
-                                  "for image methods, lang for mlm)")
+    p.add_argument("--method", help=f"self-supervised method: {', '.join(METHODS)} (default simclr, or the run's own with --resume)")
+    p.add_argument("--data", help=f"data source, one of {', '.join(DATASETS)} with its argument, e.g. folder:PATH "
+                                  "(`selfsup list` says what each is; default: the preset's, shapes for image "
+                                  "methods, lang for mlm)")
     p.add_argument("--backbone", help="encoder architecture (see `selfsup list`); default from the preset")
-    p.add_argument("--preset", default="cpu", help="named hyper-parameter set of the method: cpu (default) or gpu")
+    p.add_argument("--preset", default="cpu", help="named hyper-parameter set of the method (see `selfsup list`; "
+                                                   "default cpu)")
     p.add_argument("--config", help="YAML file of options (same keys as --set), applied after the preset")
     p.add_argument("--epochs", type=int, help="passes over the training images")
     p.add_argument("--batch-size", type=int, help="images per step (each gives the method's views)")
     p.add_argument("--lr", type=float, help="base learning rate per 256 images (scaled by optim.lr_scaling)")
-    p.add_argument("--optimizer", choices=["adamw", "sgd", "lars"], help="optimizer")
+    p.add_argument("--optimizer", help=f"optimizer: {', '.join(OPTIMIZERS)} (default from the preset)")
     p.add_argument("--image-size", type=int, help="resize images to this side in pixels")
     p.add_argument("--num-train", type=int, help="use only the first N training images")
     p.add_argument("--seed", type=int, help="random seed for weights, data order and augmentation")
@@ -85,7 +93,7 @@ def _add_eval(sub) -> None:
                        description="Evaluate a frozen encoder on a labelled source's test split; for an MLM run "
                                    "also held-out masked-token accuracy and perplexity.")
     p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
-    p.add_argument("--data", default="shapes", help="labelled data source (default shapes)")
+    p.add_argument("--data", default="shapes", help="labelled data source (see `selfsup list`; default shapes)")
     p.add_argument("--k", type=int, default=20, help="neighbours for the weighted kNN (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
     p.add_argument("--no-linear", action="store_true", help="skip the linear probe")
@@ -110,8 +118,8 @@ def _add_eval(sub) -> None:
                                    "transformers.AutoModel / AutoTokenizer load offline.")
     p.add_argument("run", help="run folder or checkpoint")
     p.add_argument("--out", required=True, help="output .safetensors file, or folder for --format hf")
-    p.add_argument("--format", choices=["selfsup", "torchvision", "timm", "hf"],
-                   help="default: hf for text encoders, selfsup otherwise")
+    p.add_argument("--format", help=f"{', '.join(EXPORT_FORMATS)} (default: hf for text encoders, selfsup "
+                                    "otherwise)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never done without it)")
 
 
@@ -129,8 +137,8 @@ def _add_label_efficiency(sub) -> None:
                    help="label budgets as fractions of the training split (default 0.01 0.1 1)")
     p.add_argument("--per-class", type=int, nargs="+", help="label budgets as labels per class instead")
     p.add_argument("--seeds", type=int, default=3, help="subsets and trainings per budget (default 3)")
-    p.add_argument("--protocols", nargs="+", help="any of knn linear finetune scratch tfidf (default: all that "
-                                                  "apply; tfidf for text)")
+    p.add_argument("--protocols", nargs="+", metavar="PROTOCOL",
+                   help=f"any of {' '.join(PROTOCOLS)} (default: all that apply; tfidf for text)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps for fine-tune and scratch (default 500)")
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--out", help="output folder (default: the run folder)")
@@ -149,8 +157,8 @@ def _add_inspect_report(sub) -> None:
     p.add_argument("--data", default="shapes", help="data source to inspect (default shapes)")
     p.add_argument("--transfer", help="also probe linearly on this other labelled source, e.g. digits")
     p.add_argument("--max-samples", type=int, default=5000, help="images used (default 5000)")
-    p.add_argument("--projection", default="tsne", choices=["pca", "tsne", "umap"],
-                   help="2-D map: pca, tsne (default) or umap (needs umap-learn)")
+    p.add_argument("--projection", default="tsne",
+                   help=f"2-D map: {', '.join(PROJECTIONS)} (default tsne; umap needs umap-learn)")
     p.add_argument("--out", help="output folder (default: the run folder)")
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run",
@@ -173,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_label_efficiency(sub)
     _add_inspect_report(sub)
-    sub.add_parser("list", help="list methods (with presets), backbones and data sources")
+    sub.add_parser("list", help="list every choice: methods (with presets), backbones, data sources, optimizers, "
+                                "LR rules and schedules, export formats, evaluation protocols")
     p = sub.add_parser("demo", help="SimCLR on shapes (or --text: MLM on lang), then 1%%/10%%/100%% labels vs "
                                     "training from scratch",
                        description="Pretrain SimCLR on the built-in shapes data without labels (--text: BERT "
@@ -270,23 +279,22 @@ def cmd_inspect(a) -> None:
 
 
 def cmd_list(_a) -> None:
-    from selfsup.models import BACKBONES
-    from selfsup.data import DATASETS
-    from selfsup.methods import METHODS
-
-    w = max([len("torchvision:NAME")] + [len(n) for reg in (METHODS, BACKBONES, DATASETS) for n in reg])
-    print("methods:")
-    for n in METHODS:
-        presets = ", ".join(sorted(METHODS.get(n).presets))
-        print(f"  {n:{w}s}  {METHODS.help(n)}  [presets: {presets}]")
-    print("backbones:")
-    for n in BACKBONES:
-        print(f"  {n:{w}s}  {BACKBONES.help(n)}")
-    print(f"  {'timm:NAME':{w}s}  any timm model by name, e.g. timm:resnet18 (pooled features, classifier removed)")
-    print(f"  {'torchvision:NAME':{w}s}  any torchvision classification model, e.g. torchvision:mobilenet_v3_small")
-    print("data sources:")
-    for n in DATASETS:
-        print(f"  {n:{w}s}  {DATASETS.help(n)}")
+    registries = {"methods": METHODS, "backbones": BACKBONES, "data sources": DATASETS, "optimizers": OPTIMIZERS,
+                  "LR scaling (optim.lr_scaling)": LR_SCALINGS, "LR schedules (optim.schedule)": LR_SCHEDULES}
+    w = max([len("torchvision:NAME")] + [len(n) for reg in registries.values() for n in reg])
+    for title, reg in registries.items():
+        print(f"{title}:")
+        for n in reg:
+            presets = f"  [presets: {', '.join(sorted(reg.get(n).presets))}]" if reg is METHODS else ""
+            print(f"  {n:{w}s}  {reg.help(n)}{presets}")
+        if reg is BACKBONES:
+            print(f"  {'timm:NAME':{w}s}  any timm model by name, e.g. timm:resnet18 (pooled features, classifier "
+                  "removed)")
+            print(f"  {'torchvision:NAME':{w}s}  any torchvision classification model, e.g. "
+                  "torchvision:mobilenet_v3_small")
+    print(f"export formats: {', '.join(EXPORT_FORMATS)}")
+    print(f"label-efficiency protocols: {', '.join(PROTOCOLS)}")
+    print(f"2-D projections: {', '.join(PROJECTIONS)}")
 
 
 def cmd_embed(a) -> None:

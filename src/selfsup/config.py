@@ -18,7 +18,7 @@ from selfsup.errors import SelfSupError
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"             # data source spec: shapes | digits | folder:PATH | cifar10:PATH | stl10:PATH | lang | pydoc | text:PATH | hf:PATH
+    source: str = "shapes"             # data source: a registered name with its argument, e.g. folder:PATH (`selfsup list`)
     image_size: int | None = None      # side in px; None = the source's native size
     num_train: int | None = None       # cap on training images (None = all)
     strict: bool = False               # unreadable image files are an error instead of skipped
@@ -35,15 +35,15 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"                # adamw | sgd | lars
+    name: str = "adamw"                # a registered optimizer (`selfsup list`)
     base_lr: float = 1e-3              # learning rate per 256 samples (see lr_scaling)
-    lr_scaling: str = "linear"         # linear: base_lr*batch/256 | sqrt: base_lr*sqrt(batch) | none: base_lr
+    lr_scaling: str = "linear"         # a registered rule (`selfsup list`): linear = base_lr*batch/256
     weight_decay: float = 1e-4         # decoupled (adamw) or L2 (sgd/lars); never on biases and norms
     weight_decay_end: float | None = None  # cosine schedule of weight decay to this value (None = constant)
     momentum: float = 0.9              # sgd / lars momentum
     betas: tuple[float, float] = (0.9, 0.999)  # adamw betas
     eps: float = 1e-8                  # adamw epsilon (BERT: 1e-6)
-    schedule: str = "cosine"           # lr after warm-up: cosine (to min_lr) | linear (to min_lr, BERT)
+    schedule: str = "cosine"           # lr after warm-up, a registered schedule (`selfsup list`), to min_lr
     warmup_epochs: float = 1.0         # linear warm-up length in epochs (reaches lr at its last step)
     min_lr: float = 0.0                # cosine floor, absolute
     clip_grad: float = 0.0             # max global grad norm (0 = off)

@@ -1,12 +1,14 @@
-"""One registry per kind of thing (methods, backbones, data sources).
+"""One registry per kind of thing (methods, backbones, data sources, optimizers, ...).
 
 ``register`` adds a named entry with a one-line help text; ``get`` looks it up and, for
-an unknown name, raises a :class:`SelfSupError` that lists the valid names.  The
-``selfsup list`` command is generated from these registries.
+an unknown name, raises a :class:`SelfSupError` that names the closest valid name and
+lists them all.  The ``selfsup list`` command and the command line's choices are
+generated from these registries, so each list of choices is written once.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import difflib
+from typing import Any, Callable, Iterable, Iterator
 
 from selfsup.errors import SelfSupError
 
@@ -33,9 +35,7 @@ class Registry:
 
     def get(self, name: str) -> Any:
         if name not in self._entries:
-            raise SelfSupError(
-                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
-            )
+            raise SelfSupError(unknown(self.kind, name, self.names()))
         return self._entries[name][0]
 
     def help(self, name: str) -> str:
@@ -54,3 +54,11 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def unknown(kind: str, name: Any, valid: Iterable[str]) -> str:
+    """The one-line message for an unknown choice: the closest valid name, then all of them."""
+    valid = list(valid)
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from selfsup.registry import Registry
+
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
@@ -37,10 +39,11 @@ def linear_schedule(base: float, final: float, total_steps: int, warmup_steps: i
     return np.concatenate([warm, np.linspace(base, final, total_steps - warmup_steps)])
 
 
+LR_SCHEDULES = Registry("optim.schedule")
+LR_SCHEDULES.register("cosine", cosine_schedule, help="linear warm-up, then cosine to optim.min_lr")
+LR_SCHEDULES.register("linear", linear_schedule, help="linear warm-up, then a straight line to optim.min_lr (BERT)")
+
+
 def lr_schedule(kind: str, base: float, final: float, total_steps: int, warmup_steps: int = 0) -> np.ndarray:
-    """The learning-rate schedule named ``kind``: "cosine" or "linear"."""
-    if kind == "cosine":
-        return cosine_schedule(base, final, total_steps, warmup_steps)
-    if kind == "linear":
-        return linear_schedule(base, final, total_steps, warmup_steps)
-    raise ValueError(f"unknown schedule {kind!r}; valid: cosine, linear")
+    """The learning-rate schedule registered as ``kind`` in :data:`LR_SCHEDULES`."""
+    return LR_SCHEDULES.get(kind)(base, final, total_steps, warmup_steps)

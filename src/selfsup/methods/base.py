@@ -16,6 +16,7 @@ run's length, for per-step schedules (EMA momentum, teacher temperature).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any, ClassVar
 
@@ -86,15 +87,25 @@ def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = 
     Image methods need the images' ``image_size`` and ``channels``; text methods take
     what they need from the encoder's tokenizer."""
     cls = METHODS.get(name)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options or {}) - fields)
-    if unknown:
-        raise SelfSupError(
-            f"method {name!r} has no option {unknown[0]!r}; its options: {', '.join(sorted(fields))}")
-    defaults = cls.Config()  # each option gets its default's type (a clear error if it cannot)
-    cfg = cls.Config(**{f.name: coerce(getattr(defaults, f.name), options[f.name], f"method_cfg.{f.name}", f.type)
-                        for f in dataclasses.fields(cls.Config) if f.name in (options or {})})
-    return cls(encoder, cfg, image_size=image_size, channels=channels)
+    return cls(encoder, method_config(name, options), image_size=image_size, channels=channels)
+
+
+def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """Method ``name``'s typed Config filled from ``options`` (``method_cfg`` of a run).
+
+    Checked against the dataclass before any data is read: an unknown key is a one-line
+    error naming the closest option, and each value gets its default's type (a clear
+    error if it cannot)."""
+    cls = METHODS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    options = options or {}
+    for key in sorted(set(options) - set(fields)):
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" (did you mean method_cfg.{close[0]}?)" if close else ""
+        raise SelfSupError(f"method {name!r} has no option {key!r}{hint}; its options: {', '.join(sorted(fields))}")
+    defaults = cls.Config()
+    return cls.Config(**{k: coerce(getattr(defaults, k), v, f"method_cfg.{k}", fields[k].type)
+                         for k, v in options.items()})
 
 
 def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:

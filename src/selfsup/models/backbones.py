@@ -21,7 +21,6 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-import torchvision
 
 from selfsup.errors import SelfSupError
 from selfsup.registry import Registry
@@ -195,6 +194,8 @@ class TorchvisionNet(LibraryNet):
 
     def __init__(self, arch: str, in_chans: int, image_size: int):
         super().__init__()
+        import torchvision  # here, not at the top: it takes seconds to import and most runs never need it
+
         model = torchvision.models.get_model(arch, weights=None)
         self.arch, self.edits, self.repeat = arch, [], 1
         if arch.startswith(("resnet", "resnext", "wide_resnet")):
@@ -270,6 +271,8 @@ def library_backbone(name: str) -> Callable[..., nn.Module] | None:
     unknown model is a one-line error."""
     prefix, _, model = name.partition(":")
     if prefix == "torchvision" and model:
+        import torchvision
+
         known = torchvision.models.list_models(module=torchvision.models)
         if model not in known:
             raise SelfSupError(f"torchvision has no classification model {model!r}; e.g. "

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+PROJECTIONS = ("pca", "tsne", "umap")  # the 2-D maps project_2d draws
+
 
 def project_2d(feats: np.ndarray, how: str = "tsne", seed: int = 0) -> np.ndarray:
     """(N, D) -> (N, 2) by PCA, t-SNE or UMAP (t-SNE and UMAP run on the top 50 principal
@@ -39,7 +41,7 @@ def project_2d(feats: np.ndarray, how: str = "tsne", seed: int = 0) -> np.ndarra
         x = PCA(min(50, x.shape[1], len(x)), random_state=seed).fit_transform(x)
         return umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1),
                          random_state=seed).fit_transform(x)
-    raise ValueError(f"unknown projection {how!r}; use pca, tsne or umap")
+    raise ValueError(f"unknown projection {how!r}; use {', '.join(PROJECTIONS[:-1])} or {PROJECTIONS[-1]}")
 
 
 def embedding_map(maps: dict[str, np.ndarray], labels: np.ndarray, classes: list[str],

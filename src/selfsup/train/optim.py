@@ -1,4 +1,5 @@
-"""Optimizers: LR scaling, parameter groups, LARS.
+"""Optimizers: LR scaling, parameter groups, LARS; one registry each for the optimizers
+(:data:`OPTIMIZERS`) and the LR scaling rules (:data:`LR_SCALINGS`).
 
 The per-step schedules live in :mod:`selfsup.schedules`.  Weight decay is never applied to
 biases or other 1-D parameters (norm weights); LARS also skips its trust ratio there.
@@ -11,18 +12,22 @@ import torch
 import torch.nn as nn
 
 from selfsup.config import OptimConfig
-from selfsup.errors import SelfSupError
+from selfsup.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+LR_SCALINGS = Registry("optim.lr_scaling")
+
+# base LR -> absolute LR for a (global) batch.  Linear scaling per 256 samples: Goyal et al.
+# 2017, arXiv 1706.02677, used by MoCo, BYOL, MAE and DINO; the square-root rule is the one
+# SimCLR (Chen et al. 2020, arXiv 2002.05709, appendix B.1) recommends for small batches.
+LR_SCALINGS.register("linear", lambda base, batch: base * batch / 256, help="base_lr * batch / 256")
+LR_SCALINGS.register("sqrt", lambda base, batch: base * math.sqrt(batch), help="base_lr * sqrt(batch)")
+LR_SCALINGS.register("none", lambda base, batch: base, help="base_lr as it is")
 
 
 def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
-    """Absolute LR from the base LR and the effective batch (REFERENCE section 0)."""
-    if cfg.lr_scaling == "linear":
-        return cfg.base_lr * batch_size / 256
-    if cfg.lr_scaling == "sqrt":
-        return cfg.base_lr * math.sqrt(batch_size)
-    if cfg.lr_scaling == "none":
-        return cfg.base_lr
-    raise SelfSupError(f"unknown optim.lr_scaling {cfg.lr_scaling!r}; valid: linear, sqrt, none")
+    """Absolute LR from the base LR and the effective (global) batch, by ``cfg.lr_scaling``."""
+    return LR_SCALINGS.get(cfg.lr_scaling)(cfg.base_lr, batch_size)
 
 
 class LARS(torch.optim.Optimizer):
@@ -79,20 +84,27 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], cfg: OptimConfig,
         groups += [dict(g, lr_scale=scale) for g in param_groups([(n, p) for n, p in params if scale_of(n) == scale],
                                                                  cfg.weight_decay)]
     groups = [g for g in groups if g["params"]]
-    # one fused kernel per step instead of a Python loop over the parameters (5x faster
-    # for ResNet-18's AdamW step on 2 CPU cores); the same update up to rounding
-    fused = fused_option(groups)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, **fused)
-    if cfg.name == "lars":
-        return LARS(groups, lr=0.0, momentum=cfg.momentum)
-    raise SelfSupError(f"unknown optimizer {cfg.name!r}; valid: adamw, sgd, lars")
+    return OPTIMIZERS.get(cfg.name)(groups, cfg)
+
+
+@OPTIMIZERS.register("adamw", help="AdamW (Loshchilov & Hutter 2019), decoupled weight decay; optim.betas, optim.eps")
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas), eps=cfg.eps, **fused_option(groups))
+
+
+@OPTIMIZERS.register("sgd", help="SGD with momentum (optim.momentum), L2 weight decay")
+def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, **fused_option(groups))
+
+
+@OPTIMIZERS.register("lars", help="LARS (You et al. 2017): SGD with a layer-wise trust ratio, for large batches")
+def _lars(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return LARS(groups, lr=0.0, momentum=cfg.momentum)
 
 
 def fused_option(groups: list[dict]) -> dict:
-    """``{"fused": True}`` for torch's AdamW/SGD where it is supported: float parameters on
+    """``{"fused": True}`` for torch's AdamW/SGD where it is supported -- one kernel per step
+    instead of a Python loop over the parameters, the same update up to rounding: float parameters on
     one CUDA device, or on the CPU with torch >= 2.4; else ``{}``."""
     params = [p for g in groups for p in g["params"]]
     if not params or len({p.device for p in params}) != 1 or not all(p.is_floating_point() for p in params):
