@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-text test bench bench-peers install clean
+.PHONY: demo demo-text test docs bench bench-peers install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo-text: $(STAMP)
 # two test processes of one thread each (tests/conftest.py), the longest tests first
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist worksteal
+
+# the documentation site (mkdocs.yml, docs/) into build/site; `$(VENV)/bin/mkdocs serve` to preview
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py
