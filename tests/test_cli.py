@@ -112,3 +112,45 @@ def test_help_runs_as_a_program():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0
     assert "--batch-size" in res.stdout and "--resume" in res.stdout
+
+
+def test_a_misspelt_method_option_fails_before_any_data_is_read(capsys, tmp_path, monkeypatch):
+    import selfsup.api
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before the options were checked")
+
+    monkeypatch.setattr(selfsup.api, "load_data", no_data)
+    code, _, err = run_cli(capsys, "pretrain", "--set", "method_cfg.temprature=0.2", "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "no option 'temprature'", "did you mean method_cfg.temperature?")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--optimizer", "adamx", "unknown optimizer 'adamx' (did you mean 'adamw'?); valid: adamw, lars, sgd"),
+    ("--set", "optim.schedule=cosin", "unknown optim.schedule 'cosin' (did you mean 'cosine'?)"),
+    ("--set", "optim.lr_scaling=sqr", "unknown optim.lr_scaling 'sqr' (did you mean 'sqrt'?)"),
+    ("--method", "simclrr", "(did you mean 'simclr'?)"),
+])
+def test_unknown_choices_name_the_closest_one(capsys, tmp_path, flag, value, needle):
+    code, _, err = run_cli(capsys, "pretrain", flag, value, "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, needle)
+
+
+def test_every_choice_the_cli_offers_comes_from_one_table(capsys):
+    """The lists in --help and `selfsup list` are the registries' and tables' own."""
+    from selfsup.cli import build_parser
+    from selfsup.encoders import EXPORT_FORMATS
+    from selfsup.eval.label_efficiency import PROTOCOLS
+    from selfsup.schedules import LR_SCHEDULES
+    from selfsup.train.optim import LR_SCALINGS, OPTIMIZERS
+
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    for name in [*OPTIMIZERS.names(), *LR_SCALINGS.names(), *LR_SCHEDULES.names()]:
+        assert f"  {name} " in out
+    assert ", ".join(EXPORT_FORMATS) in out and ", ".join(PROTOCOLS) in out
+    helps = {a.dest: a.help for p in build_parser()._subparsers._group_actions[0].choices.values()
+             for a in p._actions}
+    assert ", ".join(OPTIMIZERS) in helps["optimizer"]
+    assert ", ".join(EXPORT_FORMATS) in helps["format"]
