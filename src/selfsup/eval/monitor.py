@@ -1,9 +1,10 @@
 """The online monitor: is the encoder learning anything, measured while it trains.
 
-A loss that goes down says little: every method here can lower its loss while the
-representation stays at (or falls below) what a random network gives.  The monitor
-compares the encoder with its own random initialisation, so a run that is not learning is
-flagged while it runs instead of after it.
+A falling loss does not show that the representation improves: a method can lower its
+loss while its features stay at, or fall below, what a random network gives (MoCo with a
+fast key encoder does, see :mod:`selfsup.methods.moco`).  The monitor compares the
+encoder with its own random initialisation, so a run that is not learning is flagged
+while it runs instead of after it.
 
 Every ``train.monitor_every`` epochs the engine hands the encoder to
 :meth:`OnlineMonitor.measure`, which embeds a fixed sample of at most
