@@ -130,7 +130,7 @@ def factor_maps(xy: np.ndarray, factors: np.ndarray, factor_names: Sequence[str]
 
     Categorical factors get a qualitative palette, periodic ones a cyclic colormap
     (``twilight``, so both ends of the period look alike), the rest ``viridis``; kinds
-    come from :func:`selfsup.diagnostics.factor_kinds`.
+    come from :func:`selfsup.eval.diagnostics.factor_kinds`.
     """
     from selfsup.eval.diagnostics import factor_kinds
 
