@@ -5,7 +5,20 @@ import importlib
 import pytest
 
 MODULES = [
+    "selfsup.registry",
+    "selfsup.data",
+    "selfsup.data.views",
+    "selfsup.methods.base",
     "selfsup.methods.losses",
+    "selfsup.methods.simclr",
+    "selfsup.methods.moco",
+    "selfsup.methods.byol",
+    "selfsup.methods.autoencoder",
+    "selfsup.methods.mlm",
+    "selfsup.eval.knn",
+    "selfsup.eval.linear",
+    "selfsup.eval.diagnostics.compactness",
+    "selfsup.eval.diagnostics.geometry",
 ]
 
 
