@@ -6,6 +6,7 @@ import pytest
 
 MODULES = [
     "selfsup.registry",
+    "selfsup.schedules",
     "selfsup.data",
     "selfsup.data.views",
     "selfsup.methods.base",

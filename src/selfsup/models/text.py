@@ -3,7 +3,8 @@
 ``TextEncoder(ids)`` maps token ids ``(N, L)`` (right-padded with the tokenizer's pad
 id; the attention mask is ``ids != pad`` unless given) to a pooled ``(N, hidden)``
 vector -- the mean of the last hidden states over real tokens (``pooling="mean"``,
-which usually beats [CLS] for frozen features) or the [CLS] state (``"cls"``) -- so
+which usually beats [CLS] for frozen features: Reimers & Gurevych, "Sentence-BERT",
+EMNLP 2019, arXiv 1908.10084) or the [CLS] state (``"cls"``) -- so
 kNN, the linear probe, fine-tuning, embedding and the diagnostics take text unchanged.
 The encoder carries its tokenizer, which tells every evaluation how to turn raw text
 into its input (:meth:`TextEncoder.data_options`).

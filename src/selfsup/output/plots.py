@@ -17,8 +17,9 @@ import numpy as np  # noqa: E402
 
 
 def project_2d(feats: np.ndarray, how: str = "tsne", seed: int = 0) -> np.ndarray:
-    """(N, D) -> (N, 2) by PCA, t-SNE or UMAP (t-SNE and UMAP run on the top 50 principal
-    components; UMAP needs the optional ``umap-learn`` package)."""
+    """(N, D) -> (N, 2) by PCA, t-SNE (van der Maaten & Hinton, JMLR 2008) or UMAP (McInnes,
+    Healy & Melville 2018, arXiv 1802.03426); t-SNE and UMAP run on the top 50 principal
+    components, and UMAP needs the optional ``umap-learn`` package."""
     from sklearn.decomposition import PCA
 
     x = feats - feats.mean(0)
