@@ -11,13 +11,14 @@ bundled with scikit-learn (``china.jpg``, ``flower.jpg``) and matplotlib
 position and rotation (+-15 degrees); 10 classes.
 
 The defaults are chosen on other sources: this one exists so that the methods can be
-measured on data they were not fitted to (the README says where a candidate was looked at
-here before it was adopted).  Splits never share a
-handwritten digit or a background region: the train/test split of the digits is the
-``digits`` source's (stratified 80/20, fixed), train images take their backgrounds from the
-top 70% of each photograph and test images from the bottom 30%.  Each digit appears in
-``VARIANTS`` images (2874 train / 720 test).  Generation is a pure function of the seed
-(about a second); ids are ``photo_digits/SPLIT/DIGIT-VARIANT``.
+measured on data they were not fitted to (``docs/results.md`` says where a candidate was
+looked at here before it was adopted).  Splits never share a handwritten digit or a
+background region: the train/test split of the digits is the ``digits`` source's
+(stratified 80/20, fixed), train images take their backgrounds from the top 70% of each
+photograph and test images from the bottom 30%.  Each digit appears in ``VARIANTS``
+images (2874 train / 720 test).  Generation is a pure function of the seed and cheap
+enough to repeat at every start, so nothing is cached; ids are
+``photo_digits/SPLIT/DIGIT-VARIANT``.
 """
 from __future__ import annotations
 
