@@ -34,7 +34,7 @@ SELFSUP_FILE = "selfsup.json"  # pooling and max length, next to the Hugging Fac
 def _quiet_transformers():
     """transformers' logger at error level and without its progress bars: loading a folder
     into a model without a pooler (or without an MLM head) is expected here, not worth a
-    warning, and a weights file loads in well under a second."""
+    warning, and a local weights file loads too fast for a progress bar to help."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
