@@ -4,8 +4,8 @@ DCI: Eastwood & Williams, "A Framework for the Quantitative Evaluation of Disent
 Representations" (ICLR 2018).  MIG: Chen, Li, Grosse & Duvenaud, "Isolating Sources of
 Disentanglement in Variational Autoencoders" (NeurIPS 2018, arXiv 1802.04942).  Both ask
 whether each known generating factor (``shapes``' position, colour, rotation, ...) is
-carried by few code dimensions and each dimension by few factors; DCI from the weights of
-a predictor, MIG from mutual information.
+carried by few code dimensions and each dimension by few factors; DCI from the
+importance a predictor of the factor gives each dimension, MIG from mutual information.
 """
 from __future__ import annotations
 
