@@ -9,6 +9,12 @@ The public API (imported lazily, so ``selfsup --help`` stays fast)::
     selfsup.inspect_encoder(encoder_or_path, data) -> dict
     selfsup.load_encoder(path) -> nn.Module
     selfsup.export_encoder(encoder, path)
+    selfsup.report(run_dir) -> path of RUN/report.html
+
+Example (pretrain, then measure the encoder it wrote)::
+
+    run = selfsup.pretrain("simclr", "shapes", out_dir="runs/simclr")
+    selfsup.evaluate("runs/simclr", "shapes")  # {"knn_top1": ..., "linear_top1": ..., ...}
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``selfsup demo``: the article's promise, end to end, on built-in data.
+"""``selfsup demo``: the promise of self-supervised learning, end to end, on built-in data.
+
+The promise: an encoder pretrained on unlabelled data makes a few labels go further than
+the same network trained on those labels alone.  The demo checks it on a CPU, on data
+that ships with the package:
 
 1. Pretrain without labels: SimCLR on ``shapes`` (``selfsup demo``), or BERT masked
    language modelling on the generated ``lang`` corpus (``selfsup demo --text``, which
@@ -6,8 +10,8 @@
    baseline).
 2. Measure kNN accuracy of the pretrained encoder against the same encoder at random
    initialisation.
-3. With 1%, 10% and 100% of the training labels (stratified subsets), compare the
-   pretrained encoder (linear probe; for text also fine-tuning) with the same encoder
+3. With 1%, 10% and 100% of the training labels (stratified subsets, one seed), compare
+   the pretrained encoder (kNN, linear probe and fine-tuning) with the same encoder
    trained from scratch on the same labels for the same number of steps -- and, for
    text, with TF-IDF + logistic regression, the classical baseline.
 4. Print the table and write ``report.md``, ``results.json``, ``label_efficiency.*`` and
@@ -30,8 +34,9 @@ from selfsup.eval.label_efficiency import StudyConfig, format_table, fresh_copy,
 from selfsup.output.plots import embedding_map, label_efficiency_curves, project_2d
 
 DEMOS = {  # what each demo pretrains, and what its table compares
-    # 40 epochs with crops of at least half the image: the pretrained + linear probe with 1%
-    # of the labels 0.386 -> 0.425 over 20 epochs, with 10% 0.589 -> 0.676 (README)
+    # 40 epochs with crops of at least half the image: the pretrained encoder's linear probe
+    # with 1% and with 10% of the labels beat 20 epochs with the preset's crops
+    # (measurements in docs/results.md)
     "image": {"method": "simclr", "data": "shapes", "epochs": 40, "overrides": {"method_cfg.views": {"crop_scale": [0.5, 1.0]}},
               "protocols": ("knn", "linear", "finetune", "scratch"), "title": "SimCLR on shapes", "units": "images"},
     "text": {"method": "mlm", "data": "lang", "epochs": 20,

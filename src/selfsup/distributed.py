@@ -10,8 +10,9 @@ What crosses processes:
 - :func:`gather` (the ``gather`` hook the losses take, :data:`selfsup.methods.losses.GatherFn`):
   all-gathers a batch of embeddings for the negatives of a contrastive loss.  Its backward
   *sums* the gradients every rank sends to a slice and returns this rank's, through
-  ``torch.distributed.nn.functional.all_gather``; a hand-written gather whose backward
-  returns only the local gradient makes the global gradient wrong (lightly issue 1528).
+  ``torch.distributed.nn.functional.all_gather``.  A hand-written gather whose backward
+  returns only the local gradient would drop what the other ranks' anchors send back to
+  this rank's embeddings, and the global gradient would be wrong.
 - :func:`all_reduce_sum`: a sum over ranks with no gradient (statistics such as DINO's
   centre).
 - the gradients themselves: ``DistributedDataParallel`` averages them, so a loss that is a

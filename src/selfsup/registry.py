@@ -14,6 +14,23 @@ from selfsup.errors import SelfSupError
 
 
 class Registry:
+    """Named entries of one kind, each with a one-line help text and optional facts.
+
+    Example::
+
+        >>> from selfsup.registry import Registry
+        >>> COLOURS = Registry("colour")
+        >>> @COLOURS.register("red", help="the colour red")
+        ... def red():
+        ...     return (255, 0, 0)
+        >>> COLOURS.names(), COLOURS.help("red"), COLOURS.get("red")()
+        (['red'], 'the colour red', (255, 0, 0))
+        >>> COLOURS.get("blue")
+        Traceback (most recent call last):
+            ...
+        selfsup.errors.SelfSupError: unknown colour 'blue'; valid names: red
+    """
+
     def __init__(self, kind: str):
         self.kind = kind  # e.g. "method", used in error messages
         self._entries: dict[str, tuple[Any, str]] = {}

@@ -1,7 +1,14 @@
 """Per-step schedules (LR, weight decay, EMA momentum, teacher temperature).
 
 Schedules are plain arrays indexed by the global step (DINO style), so a resumed run
-reads exactly the values an uninterrupted one would.
+reads exactly the values an uninterrupted one would.  The cosine decay is SGDR's
+(Loshchilov & Hutter 2016, arXiv 1608.03983) without restarts; the linear one is BERT's.
+
+Example::
+
+    >>> from selfsup.schedules import cosine_schedule
+    >>> cosine_schedule(1.0, 0.0, total_steps=6, warmup_steps=2).round(2).tolist()
+    [0.0, 1.0, 1.0, 0.75, 0.25, 0.0]
 """
 from __future__ import annotations
 

@@ -18,7 +18,19 @@ A source is named by a spec ``NAME`` or ``NAME:PATH`` (split at the first colon)
 built with :func:`create_dataset` into a :class:`Dataset`: a train split and, where the
 source has one, a test split.  :func:`as_dataset` also takes the Python objects.  What a
 method or an evaluation may know about the samples is their :class:`SampleSpec`; the
-samples are never handed out as one array, only as batches read by index.
+samples are never handed out as one array, only as batches read by index, so a source
+larger than memory (a folder read from the on-disk cache, a Dataset) trains like a small
+one.
+
+Example::
+
+    >>> import torch
+    >>> from selfsup.data import create_dataset, to_input
+    >>> ds = create_dataset("digits")  # bundled with scikit-learn, no download
+    >>> ds.spec.image_size, ds.spec.channels, len(ds.train), len(ds.test)
+    (8, 1, 1437, 360)
+    >>> to_input(torch.from_numpy(ds.train.read([0, 1, 2]))).shape  # uint8 NHWC -> float NCHW
+    torch.Size([3, 1, 8, 8])
 """
 from __future__ import annotations
 

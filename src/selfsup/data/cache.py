@@ -6,8 +6,9 @@ decoding, no per-row Python object and no resident memory beyond the batch (the 
 stay in the kernel's page cache, not in the process).  Memory-mapping the same file
 would make every page read count as resident memory of the process, growing with the
 number of images; Arrow (Hugging Face ``datasets``) and tar shards (``webdataset``)
-store encoded or variable-size rows and are read sequentially or decoded per row.  The
-measurements behind this are in ``benchmarks/bench_data.py`` and the README.
+store encoded or variable-size rows and are read sequentially or decoded per row.
+``benchmarks/bench_data.py`` measures these choices; its results are in
+``docs/results.md``.
 
 A cache folder holds, per split, ``SPLIT.u8`` (the records), ``SPLIT.crc.npy`` (a CRC-32
 per record), ``SPLIT.labels.npy`` and ``SPLIT.ids.npy``, plus ``manifest.json`` written

@@ -12,8 +12,8 @@ to; it was added after ``photo_digits`` had been looked at, and nothing was tune
 The split is by typeface: the test images use five fonts that no training image uses,
 so a test score says how well a representation carries over to a new typeface.  Every
 (font, letter, case) appears ``VARIANTS`` times (2880 train / 700 test images).
-Generation is a pure function of the seed (a few seconds); ids are
-``glyphs/SPLIT/FONT-CHAR-VARIANT``.
+Generation is a pure function of the seed and cheap enough to repeat at every start, so
+nothing is cached; ids are ``glyphs/SPLIT/FONT-CHAR-VARIANT``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``photo_digits``: real handwriting on patches of real photographs (MNIST-M style).
 
-Ganin & Lempitsky (2015) built MNIST-M by blending MNIST digits into patches of colour
+Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation" (ICML 2015,
+arXiv 1409.7495) built MNIST-M by blending MNIST digits into patches of colour
 photographs; this source does the same from what ships with the installed packages:
 scikit-learn's 1797 handwritten digits (8x8, 16 grey levels) and the colour photographs
 bundled with scikit-learn (``china.jpg``, ``flower.jpg``) and matplotlib
@@ -10,13 +11,14 @@ bundled with scikit-learn (``china.jpg``, ``flower.jpg``) and matplotlib
 position and rotation (+-15 degrees); 10 classes.
 
 The defaults are chosen on other sources: this one exists so that the methods can be
-measured on data they were not fitted to (the README says where a candidate was looked at
-here before it was adopted).  Splits never share a
-handwritten digit or a background region: the train/test split of the digits is the
-``digits`` source's (stratified 80/20, fixed), train images take their backgrounds from the
-top 70% of each photograph and test images from the bottom 30%.  Each digit appears in
-``VARIANTS`` images (2874 train / 720 test).  Generation is a pure function of the seed
-(about a second); ids are ``photo_digits/SPLIT/DIGIT-VARIANT``.
+measured on data they were not fitted to (``docs/results.md`` says where a candidate was
+looked at here before it was adopted).  Splits never share a handwritten digit or a
+background region: the train/test split of the digits is the ``digits`` source's
+(stratified 80/20, fixed), train images take their backgrounds from the top 70% of each
+photograph and test images from the bottom 30%.  Each digit appears in ``VARIANTS``
+images (2874 train / 720 test).  Generation is a pure function of the seed and cheap
+enough to repeat at every start, so nothing is cached; ids are
+``photo_digits/SPLIT/DIGIT-VARIANT``.
 """
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ def _backgrounds(photos: list[np.ndarray], n: int, side: int, split: str,
         photo = photos[which[i]]
         cut = int(TRAIN_ROWS * photo.shape[0])
         rows = photo[:cut] if split == "train" else photo[cut:]
-        crop = int(rng.integers(side, min(rows.shape[:2]) // 2 + 1))  # a crop 1-? times the side, resized
+        # a square from `side` px up to half the region's shorter side, resized to `side` below
+        crop = int(rng.integers(side, min(rows.shape[:2]) // 2 + 1))
         y = int(rng.integers(rows.shape[0] - crop + 1))
         x = int(rng.integers(rows.shape[1] - crop + 1))
         patch = Image.fromarray(rows[y:y + crop, x:x + crop]).resize((side, side), Image.BILINEAR)

@@ -1,7 +1,8 @@
 """Tokenizers: Hugging Face ``tokenizers`` behind one small wrapper.
 
-A run either trains a WordPiece tokenizer on its training texts (BERT's normaliser and
-pre-tokeniser, ``[CLS] text [SEP]`` around every sample) or loads one from a local
+A run either trains a WordPiece tokenizer (Wu et al. 2016, arXiv 1609.08144, the
+tokenizer BERT uses) on its training texts (BERT's normaliser and pre-tokeniser,
+``[CLS] text [SEP]`` around every sample) or loads one from a local
 folder (``tokenizer.json``, or whatever ``transformers.AutoTokenizer`` reads offline).
 The wrapper knows the special tokens, so masking and padding never need to guess, and
 serialises to one JSON string that travels inside checkpoints and exported encoders.

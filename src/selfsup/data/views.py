@@ -5,6 +5,22 @@
 with a handful of tensor ops (no per-image Python loop), so it runs on whatever device
 the images live on.  The recipe builders (:func:`simclr_views`, :func:`moco_v2_views`,
 :func:`byol_views`, :func:`dino_views`, :func:`mae_views`) give the published settings.
+Why not torchvision's per-image transforms: those run in data-loader workers, one PIL
+image or tensor at a time, and draw from global random state; here the views are made
+on the accelerator next to the model, and a run's views follow from its generator alone,
+so a resumed run sees exactly the views an uninterrupted one would.
+
+Example::
+
+    >>> import torch
+    >>> from selfsup.data.views import augment, simclr_views
+    >>> x = torch.rand(8, 3, 32, 32)  # a batch of images in [0, 1]
+    >>> recipe = simclr_views(strength=0.5, size=24)
+    >>> v = augment(x, recipe, torch.Generator().manual_seed(0))
+    >>> v.shape, bool(v.min() >= 0) and bool(v.max() <= 1)
+    (torch.Size([8, 3, 24, 24]), True)
+    >>> torch.equal(v, augment(x, recipe, torch.Generator().manual_seed(0)))  # same generator state
+    True
 
 Pipeline, in this fixed order (the order of torchvision's SimCLR/BYOL/DINO recipes):
 
@@ -62,10 +78,10 @@ BLUR_REFERENCE_SIDE = 224  # image side (px) at which ``ViewConfig.blur_sigma`` 
 SMALL_IMAGE_SIDE = 32  # for_small_images drops blur at or below this side (px)
 # ViewConfig overrides for small data on a CPU: SimCLR-strength colour jitter (s = 1) and
 # crops of at least half the image.  With their papers' milder views MoCo, BYOL and DINO
-# learned background colour and texture on `shapes`, not shape (see the README).  At 16 px
-# a quarter-image crop often cuts the object away: raising the floor from 0.25 to 0.5
-# lifted kNN after the cpu preset (seed 0) on 16 px `shapes` from 0.320 / 0.324 / 0.424
-# to 0.400 / 0.359 / 0.529 (MoCo / BYOL / DINO) and on `digits` by -0.003 / +0.014 / +0.003.
+# learned background colour and texture on `shapes`, not shape.  At 16 px a quarter-image
+# crop often cuts the object away: raising the floor from 0.25 to 0.5 lifted kNN after the
+# cpu preset on 16 px `shapes` for all three methods and left `digits` about where it was
+# (measurements in docs/results.md).
 STRONG_VIEWS = {"jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.5, 1.0]}
 
 # Columns of the (N, 32) uniform draw made once per augment() call.
@@ -137,8 +153,17 @@ def _check_range(name: str, pair: tuple[float, ...], upper: float = math.inf) ->
 
 
 def simclr_views(strength: float = 1.0, size: int | None = None, blur: bool = True) -> ViewConfig:
-    """SimCLR (Chen et al. 2020): crop (0.08, 1), flip, jitter (0.8s, 0.8s, 0.8s, 0.2s)
-    with p=0.8, grayscale 0.2, blur p=0.5 with sigma U(0.1, 2) (off when ``blur=False``)."""
+    """SimCLR (Chen et al. 2020, arXiv 2002.05709, Appendix A): crop (0.08, 1), flip,
+    jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8, grayscale 0.2, blur p=0.5 with sigma
+    U(0.1, 2) (off when ``blur=False``).  ``strength`` is the paper's colour strength s:
+    1.0 on ImageNet, 0.5 on CIFAR-10.
+
+    Example::
+
+        >>> from selfsup.data.views import simclr_views
+        >>> simclr_views(strength=0.5).jitter
+        (0.4, 0.4, 0.4, 0.1)
+    """
     s = float(strength)
     return ViewConfig(
         size=size,
@@ -152,8 +177,8 @@ def simclr_views(strength: float = 1.0, size: int | None = None, blur: bool = Tr
 
 
 def moco_v2_views(size: int | None = None) -> ViewConfig:
-    """MoCo v2 (Chen et al. 2020): crop (0.2, 1), flip, jitter (0.4, 0.4, 0.4, 0.1) with
-    p=0.8, grayscale 0.2, blur p=0.5 with sigma U(0.1, 2)."""
+    """MoCo v2 (Chen et al. 2020, arXiv 2003.04297): crop (0.2, 1), flip, jitter
+    (0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale 0.2, blur p=0.5 with sigma U(0.1, 2)."""
     return ViewConfig(
         size=size,
         crop_scale=(0.2, 1.0),
@@ -165,9 +190,17 @@ def moco_v2_views(size: int | None = None) -> ViewConfig:
 
 
 def byol_views(size: int | None = None) -> tuple[ViewConfig, ViewConfig]:
-    """BYOL (Grill et al. 2020), asymmetric: both views crop (0.08, 1), flip, jitter
-    (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale 0.2; view 1 always blurred, never
-    solarized; view 2 blurred with p=0.1 and solarized with p=0.2."""
+    """BYOL (Grill et al. 2020, arXiv 2006.07733, Table 6), asymmetric: both views crop
+    (0.08, 1), flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale 0.2; view 1 always
+    blurred, never solarized; view 2 blurred with p=0.1 and solarized with p=0.2.
+
+    Example::
+
+        >>> from selfsup.data.views import byol_views
+        >>> view1, view2 = byol_views()
+        >>> (view1.blur_p, view1.solarize_p), (view2.blur_p, view2.solarize_p)
+        ((1.0, 0.0), (0.1, 0.2))
+    """
     base = ViewConfig(
         size=size,
         crop_scale=(0.08, 1.0),
@@ -181,13 +214,15 @@ def byol_views(size: int | None = None) -> tuple[ViewConfig, ViewConfig]:
 def dino_views(
     global_size: int, local_size: int, n_local: int
 ) -> tuple[ViewConfig, ViewConfig, ViewConfig]:
-    """DINO (Caron et al. 2021) multi-crop: (global 1, global 2, local).
+    """DINO (Caron et al. 2021, arXiv 2104.14294) multi-crop: (global 1, global 2, local).
 
     All views: flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale 0.2.  Global 1:
     crop (0.4, 1), blur p=1.0.  Global 2: crop (0.4, 1), blur p=0.1, solarize p=0.2.
     Local: crop (0.05, 0.4) to ``local_size``, blur p=0.5.  ``n_local`` is the number of
     local views the caller will draw with the third config; with ``n_local == 0`` the
     global crop scale widens to (0.14, 1), the setting DINO recommends without multi-crop.
+    Multi-crop comes from SwAV (Caron et al. 2020, arXiv 2006.09882): the student must match
+    the teacher's view of the whole image from small local crops ("local-to-global").
     """
     if not isinstance(n_local, int) or n_local < 0:
         raise ValueError(f"n_local must be a non-negative int, got {n_local!r}")
@@ -200,7 +235,9 @@ def dino_views(
 
 
 def mae_views(size: int | None = None) -> ViewConfig:
-    """MAE (He et al. 2022): crop (0.2, 1) + flip only; no colour, grayscale or blur."""
+    """MAE (He et al. 2021, arXiv 2111.06377): crop (0.2, 1) + flip only; no colour,
+    grayscale or blur -- masking is the pretext task, and the paper finds colour jitter
+    degrades the result."""
     return ViewConfig(
         size=size, crop_scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0
     )

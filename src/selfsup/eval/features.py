@@ -1,4 +1,11 @@
-"""Frozen-backbone feature extraction: the one entry point every evaluation uses."""
+"""Frozen-backbone feature extraction: the one entry point every evaluation uses.
+
+kNN, the linear probe, fine-tuning's probe, the label-efficiency study, the online
+monitor, the diagnostics' clean embeddings and ``embed`` all read their features through
+:func:`extract_features`, so eval mode, precision, memory layout and sharding across
+processes are decided in one place and every evaluation of an encoder sees the same
+numbers.
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -3,7 +3,8 @@
 Fine-tuning starts from a pretrained encoder and gives the backbone a smaller learning
 rate than the head (``backbone_lr_scale``), optionally with layer-wise decay for ViTs
 (block ``i`` of ``L``, 0-based, gets ``decay ** (L - i)``, the patch embedding and tokens
-``decay ** (L + 1)``, the final norm and the head 1; MAE's recipe);
+``decay ** (L + 1)``, the final norm and the head 1: MAE's fine-tuning recipe, He et al.
+2021, arXiv 2111.06377, after BEiT, Bao et al. 2021, arXiv 2106.08254);
 training from scratch is the same loop on a freshly initialised encoder with
 ``backbone_lr_scale=1``, so the two differ only in the starting weights.  Light
 augmentation (images: random resized crop of area 0.35-1 and flips; text: none, see
@@ -16,21 +17,22 @@ validation accuracy are kept (early stopping).
 the training part (:mod:`selfsup.eval.linear`) -- the first candidate of the early
 stopping: fine-tuned weights replace it only when they get at least two more validation
 images right (a validation split of a few dozen images is noisy: on `digits` with 144
-labels, 14 of them held out, fine-tuning chosen over the probe on them lost 0.045 to it on
-the test split), and when none does, the result *is* the probe -- refitted on all the
-labels, as the linear-probe protocol fits it -- so fine-tuning can only fall below the
-probe by the validation split's noise.  With too few labels for a validation split that
-can tell (fewer than ``min_val_per_class`` held-out images per class), the probe is the
-result: on `shapes` with 99 labels (10 held out for 8 classes) fine-tuned weights chosen
-on them lost 0.004 to the probe.
+labels, 14 of them held out, fine-tuned weights that beat the probe by one image there
+did worse than it on the test split), and when none does, the result *is* the probe --
+refitted on all the labels, as the linear-probe protocol fits it -- so fine-tuning can
+only fall below the probe by the validation split's noise.  With too few labels for a
+validation split that can tell (fewer than ``min_val_per_class`` held-out images per
+class), the probe is the result: on `shapes` with 99 labels (10 held out for 8 classes)
+fine-tuned weights chosen on them did worse than the probe.
 
-``linear_init`` is LP-FT (Kumar et al. 2022, "Fine-tuning can distort pretrained features
-and underperform out-of-distribution"): the head starts as that probe (its
-standardisation folded into the weights) instead of a random head.  It is an option, not
-the default of the label-efficiency study: on `shapes` (SimCLR encoder, 500 steps) it
-fine-tuned worse than a fresh head -- 0.781 against 0.844 with 10% of the labels and
-0.896 against 0.938 with all of them (seed 0).  A likely reason, not measured: LP-FT is
-made to change the features less, and these features are weak.
+``linear_init`` is LP-FT (Kumar, Raghunathan, Jones, Ma & Liang, "Fine-Tuning can Distort
+Pretrained Features and Underperform Out-of-Distribution", ICLR 2022, arXiv 2202.10054):
+the head starts as that probe (its standardisation folded into the weights) instead of a
+random head, so the first gradients do not scramble the features to fit a random head.
+It is an option, not the default of the label-efficiency study: on `shapes` (SimCLR
+encoder, 500 steps) it fine-tuned worse than a fresh head, with 10% of the labels and with
+all of them (measurements in ``docs/results.md``).  A likely reason, not measured: LP-FT
+is made to change the features less, and these features are weak.
 """
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018; DINO).
+"""Weighted k-nearest-neighbour classification on frozen features.
+
+The protocol of Wu, Xiong, Yu & Lin, "Unsupervised Feature Learning via Non-Parametric
+Instance Discrimination" (CVPR 2018, arXiv 1805.01978), as DINO evaluates with it (Caron
+et al. 2021, arXiv 2104.14294).  It needs no training and no hyper-parameter search, so it
+measures the features themselves, cheaply enough to run during training.
 
 Features are L2-normalised; each test point takes its ``k`` most cosine-similar training
 points, which vote for their class with weight ``exp(sim / T)``.  Defaults k=20,
@@ -17,7 +22,17 @@ import torch.nn.functional as F
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, *,
                 k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
                 chunk: int = 1024) -> torch.Tensor:
-    """Predicted labels ``(M,)`` for ``test_feats`` (M, D) from ``train_feats`` (N, D)."""
+    """Predicted labels ``(M,)`` for ``test_feats`` (M, D) from ``train_feats`` (N, D).
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.eval.knn import knn_predict
+        >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> labels = torch.tensor([0, 0, 1, 1])
+        >>> knn_predict(train, labels, torch.tensor([[1.0, 0.2], [0.2, 1.0]]), k=2)
+        tensor([0, 1])
+    """
     train = F.normalize(train_feats.float(), dim=1)
     labels = train_labels.long().to(train.device)
     c = int(num_classes or int(labels.max()) + 1)
@@ -34,5 +49,6 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
 
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, **kw) -> float:
+    """Top-1 accuracy of :func:`knn_predict` on ``test_labels`` (``kw``: k, temperature, ...)."""
     pred = knn_predict(train_feats, train_labels, test_feats, **kw)
     return (pred == test_labels.long()).float().mean().item()

@@ -1,9 +1,12 @@
-"""Autoencoder and denoising autoencoder (Vincent, Larochelle, Bengio & Manzagol 2008).
+"""Autoencoder and denoising autoencoder.
 
-The encoder ``f`` (any registered backbone) maps a corrupted input ``x~`` to a code;
-the decoder ``g`` maps the code back to an image; the loss compares ``g(f(x~))`` with
-the CLEAN input ``x`` (seed Example 2: comparing with ``x~`` would only teach the network
-to copy the noise).  The plain autoencoder is the special case ``x~ = x``.
+Vincent, Larochelle, Bengio & Manzagol, "Extracting and Composing Robust Features with
+Denoising Autoencoders" (ICML 2008; no arXiv version).  The encoder ``f`` (any registered
+backbone) maps a corrupted input ``x~`` to a code; the decoder ``g`` maps the code back to
+an image; the loss compares ``g(f(x~))`` with the CLEAN input ``x``: comparing with ``x~``
+would only teach the network to copy the noise, while comparing with ``x`` makes it learn
+what the data look like in order to undo the corruption.  The plain autoencoder is the
+special case ``x~ = x``.
 
 Two registered names share one class (the second only changes defaults): ``autoencoder``
 (``corruption="none"``) and ``denoising_autoencoder`` (``corruption="masking"``, the
@@ -26,18 +29,23 @@ Corruptions (``corruption``; every random draw comes from the step's generator):
 Architecture: the code is the backbone output ``h`` (N, D) itself by default, so
 evaluating the backbone evaluates the code.  ``code_dim`` adds a linear bottleneck
 ``h -> code`` in front of the decoder; downstream tasks still use ``h`` (the backbone
-output, REFERENCE section 0).  Decoders: ``conv`` (Linear to a small ``s x s`` map, then
+output), as for every method here, so that every evaluation reads the same layer.  Decoders: ``conv`` (Linear to a small ``s x s`` map, then
 stride-2 transposed convolutions up to the image side, sigmoid) or ``mlp``
 (Linear-ReLU-Linear-sigmoid, for tiny flat inputs such as 8x8 digits).
 
 BatchNorm in the encoder: its running statistics come from corrupted inputs (the encoder
 never sees a clean one in training) and evaluation on clean images uses them as they
-are.  Measured on the benchmark's 16 px runs: recomputing them on 2000 clean images
-lowered the denoising autoencoder's kNN from 0.451 to 0.321 (plain autoencoder, as a
-control: 0.429 -> 0.432), so they are kept.
+are.  Recomputing them on clean images lowered the denoising autoencoder's kNN clearly in
+the benchmark's 16 px runs (the plain autoencoder, as a control, did not move), so they
+are kept (measurements in ``docs/results.md``).
 
 Views: none by default (the corruption is the pretext task); a light crop/flip can be
 switched on with ``views`` overrides, e.g. ``{"crop_scale": [0.5, 1], "flip_p": 0.5}``.
+
+Usage (the ``cpu`` preset is the default)::
+
+    selfsup.pretrain("denoising_autoencoder", "digits", out_dir="runs/dae")
+    # or: selfsup pretrain --method denoising_autoencoder --data digits --out runs/dae
 """
 from __future__ import annotations
 
@@ -65,7 +73,7 @@ IDENTITY_VIEW = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=
 @dataclass
 class AutoencoderConfig:
     corruption: str = "none"            # none | gaussian | masking | salt_pepper | patch
-    noise_std: float = 0.15             # gaussian: sigma, in [0, 1] pixel units (seed article: 0.15)
+    noise_std: float = 0.15             # gaussian: sigma, in [0, 1] pixel units
     mask_fraction: float = 0.25         # masking: fraction nu of components set to 0 (exact count)
     salt_pepper_fraction: float = 0.25  # salt_pepper: fraction of components set to 0 or 1
     patch_size: int | None = None       # patch: side in px (None = image side / 8, at least 1)
@@ -83,18 +91,23 @@ class DenoisingAutoencoderConfig(AutoencoderConfig):
     corruption: str = "masking"         # none | gaussian | masking | salt_pepper | patch
     # nu; None = 0.5 for images under 32 px, 0.75 from 32 px up (the paper: 0.1-0.4 on MNIST
     # variants).  At 32 px, where half the pixels can be filled in from their neighbours,
-    # 0.75 beat 0.5 (kNN / linear, mean of seeds 0-2): 32 px shapes 0.321 / 0.327 against
-    # 0.312 / 0.289, the glyph-like twin (benchmarks/tune_twin.py) 0.124 / 0.132 against
-    # 0.118 / 0.127; below 32 px it lost (seed 0): digits 0.931 / 0.956 against 0.956 /
-    # 0.978, 16 px photo_digits 0.317 / 0.218 against 0.354 / 0.265.  0.5 beat 0.25 on
-    # 16 px shapes.
+    # 0.75 beat 0.5 on kNN and the linear probe (32 px shapes and the glyph-like twin of
+    # benchmarks/tune_twin.py, 3 seeds); below 32 px it lost (digits, 16 px photo_digits).
+    # 0.5 beat 0.25 on 16 px shapes.  Measurements in docs/results.md.
     mask_fraction: float | None = None
 
 
 def upsampling_plan(image_size: int) -> tuple[int, int]:
     """(start side s, number of x2 stages): halve the side while it is even and > 4.
 
-    8 -> (4, 1), 16 -> (4, 2), 32 -> (4, 3), 64 -> (4, 4), 96 -> (3, 5), 28 -> (7, 2).
+    The conv decoder starts from an ``s x s`` map and doubles it ``stages`` times, so any
+    side of the form ``s * 2**k`` is reached exactly, without cropping or padding.
+
+    Example::
+
+        >>> from selfsup.methods.autoencoder import upsampling_plan
+        >>> [upsampling_plan(side) for side in (8, 16, 32, 64, 96, 28)]
+        [(4, 1), (4, 2), (4, 3), (4, 4), (3, 5), (7, 2)]
     """
     side, stages = image_size, 0
     while side % 2 == 0 and side > 4:
@@ -154,13 +167,11 @@ def _exact_subset(n: int, d: int, k: int, generator: torch.Generator, like: torc
 class Autoencoder(Method):
     Config = AutoencoderConfig
     presets = {
-        # Batch 32 (at base_lr 8e-3 x 32/256 = 1e-3; four times the steps of batch 128, an
-        # epoch 1.2x to 3.3x as long): kNN / linear, seed 0, against batch 128's 3-seed
-        # means in the README table: digits 0.975 / 0.983 (0.976 / 0.979), 16 px shapes 0.426 / 0.315
-        # (0.347 / 0.329), 32 px 0.359 / 0.336 (0.298 / 0.329), photo_digits 0.379 / 0.228
-        # (0.345 / 0.258); on the glyph twin (benchmarks/tune_twin.py), seeds 0 / 1 / 2,
-        # 0.119 / 0.143, 0.118 / 0.172, 0.117 / 0.139 against random init 0.114 / 0.099,
-        # 0.110 / 0.121, 0.104 / 0.129 (batch 128, seed 0: 0.110 / 0.122).
+        # Batch 32 (at base_lr 8e-3 x 32/256 = 1e-3): four times the steps of batch 128 in
+        # the same epochs, each epoch longer.  Against batch 128 it raised kNN on shapes (16
+        # and 32 px) and photo_digits and left digits where they were (the linear probe went
+        # both ways), and it took kNN on the glyph twin (benchmarks/tune_twin.py) above random
+        # init on 3 seeds, where batch 128 (seed 0) had not.  Measurements in docs/results.md.
         "cpu": {"optim.name": "adamw", "optim.base_lr": 8e-3, "optim.weight_decay": 1e-4,
                 "optim.warmup_epochs": 1, "train.batch_size": 32, "train.epochs": 20},
         # No paper recipe at CIFAR scale (the 2008 paper used MNIST-sized MLPs): ResNet-18,
@@ -228,7 +239,7 @@ class Autoencoder(Method):
         return z, self.decoder(z)
 
     def loss_from(self, recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """The reconstruction loss, always against the CLEAN input (seed Example 2)."""
+        """The reconstruction loss, always against the CLEAN input (never the corrupted one)."""
         return reconstruction_loss(recon, clean, self.cfg.loss)
 
     def training_step(self, x, generator):
@@ -247,10 +258,10 @@ class Autoencoder(Method):
 class DenoisingAutoencoder(Autoencoder):
     Config = DenoisingAutoencoderConfig
     # 40 epochs rather than the autoencoder's 20: reconstructing half-masked inputs learns
-    # slower; kNN over seeds 0 / 1 / 2 on digits 0.944 / 0.939 / 0.939 -> 0.956 / 0.953 /
-    # 0.956, on 16 px shapes 0.308 / 0.340 / 0.306 -> 0.393 / 0.408 / 0.366 (mask fraction
-    # 0.25 instead: digits 0.972 / 0.964 / 0.950, shapes 0.335 / 0.330 / 0.355).
-    # Batch 128, as measured above (the autoencoder moved to batch 32 later; not tried here).
+    # slower, and the longer run raised kNN on digits and 16 px shapes for each of 3 seeds
+    # (mask fraction 0.25 instead: a little better on digits, worse on shapes).  Batch 128,
+    # as it was measured (the autoencoder moved to batch 32 later; not tried here).
+    # Measurements in docs/results.md.
     presets = {**Autoencoder.presets,
                "cpu": {**Autoencoder.presets["cpu"], "train.batch_size": 128, "train.epochs": 40}}
 

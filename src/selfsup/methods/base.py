@@ -12,6 +12,23 @@ of its training state (EMA targets, queues, centres) as submodules and buffers, 
 
 ``setup_schedules(total_steps, steps_per_epoch)`` is called once before training with the
 run's length, for per-step schedules (EMA momentum, teacher temperature).
+
+Why this split: the engine owns what every method shares (the optimizer, AMP, gradient
+clipping, checkpoints, the step loop), and a method file stays one short module that reads
+top to bottom -- heads, views, loss -- with its state where a checkpoint saves it.  A new
+method subclasses :class:`Method`, registers itself with ``@METHODS.register(name)`` and
+is then available to :func:`create_method`, the CLI and the API by that name.
+
+Example::
+
+    >>> import torch
+    >>> from selfsup.methods import create_method
+    >>> from selfsup.models import create_backbone
+    >>> encoder = create_backbone("small_cnn", in_chans=3, image_size=16)
+    >>> method = create_method("simclr", encoder, {"temperature": 0.2}, image_size=16, channels=3)
+    >>> loss, logs = method.training_step(torch.rand(8, 3, 16, 16), torch.Generator().manual_seed(0))
+    >>> loss.shape, sorted(logs)
+    (torch.Size([]), ['pos_sim', 'z_std'])
 """
 from __future__ import annotations
 
@@ -35,12 +52,27 @@ COLLAPSE_STD = 0.1  # z_std below this: collapse suspected (the training monitor
 
 @torch.no_grad()
 def normalized_std(z: torch.Tensor) -> float:
-    """(N, D) -> scalar in [0, ~1]; 0 means every row points the same way."""
+    """(N, D) -> scalar in [0, ~1]; 0 means every row points the same way.
+
+    The per-dimension standard deviation of the L2-normalised rows, averaged over the
+    dimensions and scaled by sqrt(D): about 1 when the rows spread evenly over the sphere
+    (each coordinate of a random unit vector has std 1/sqrt(D)), 0 under complete collapse.
+    SimSiam's collapse diagnostic (Chen & He 2020, arXiv 2011.10566, Sec. 4.1).
+    """
     z = F.normalize(z.detach().float(), dim=1)
     return (z.std(dim=0).mean() * math.sqrt(z.shape[1])).item()
 
 
 class Method(nn.Module):
+    """Base class of every self-supervised method (see the module docstring for the calls
+    the engine makes and in which order).
+
+    ``encoder`` is the backbone whose output ``h`` downstream tasks use; heads, EMA targets,
+    queues and centres are the subclass's submodules and buffers.  ``cfg`` is an instance
+    of the subclass's ``Config`` dataclass; ``image_size`` and ``channels`` describe the
+    images (None for text methods).
+    """
+
     Config: ClassVar[type] = object          # the method's options dataclass
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> dotted RunConfig overrides
     min_batch_size: ClassVar[int] = 1        # smallest batch for which the loss is meaningful
@@ -109,8 +141,13 @@ def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
 
 
 def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """EMA of parameters only: ``t <- m t + (1 - m) o``. Buffers (BN statistics) are not
-    averaged (REFERENCE section 0); the target keeps its own."""
+    """EMA of parameters only: ``t <- m t + (1 - m) o`` for every parameter pair.
+
+    Buffers (BatchNorm running statistics) are not averaged: the target keeps its own, as
+    in the authors' MoCo (He et al. 2019, arXiv 1911.05722) and BYOL (Grill et al. 2020,
+    arXiv 2006.07733) code.  The target runs in training mode, on batch statistics, so its
+    running statistics never enter the loss.  ``online`` and ``target`` must have the same
+    architecture (the target is made as a deep copy of the online network)."""
     with torch.no_grad():
         for po, pt in zip(online.parameters(), target.parameters()):
             pt.mul_(momentum).add_(po.detach(), alpha=1 - momentum)

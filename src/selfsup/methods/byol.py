@@ -1,6 +1,7 @@
-"""BYOL (Grill et al. 2020): bootstrap your own latent, no negatives.
+"""BYOL: bootstrap your own latent, no negatives.
 
-The online network (encoder -> projector -> predictor) predicts the target network's
+Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning"
+(NeurIPS 2020, arXiv 2006.07733).  The online network (encoder -> projector -> predictor) predicts the target network's
 projection of the other view; the target (encoder -> projector) is an EMA of the online
 one and never receives gradients.  Loss per sample ``2 - 2 cos(p, sg(z'))``, symmetrised
 and summed over the two directions (range [0, 8], :func:`losses.byol_loss`).
@@ -18,15 +19,22 @@ is the engine's: it reaches the base LR at the last warm-up step, one step befor
 authors' JAX code does (see :func:`selfsup.schedules.cosine_schedule`).  Parameters
 only: the target runs in training mode (batch statistics) and keeps its own BN buffers.
 
-The ``cpu`` preset adds DINOv2's KoLeo regulariser (:func:`losses.koleo_loss`, weight 0.5)
-on each view's batch of online projections ``z``: it pushes every image away from its
-nearest neighbour in the batch.  That is not in the paper (``koleo_weight=0`` is BYOL as
-published); without it, on small data unlike ``shapes``, BYOL's features concentrated in a
-few directions and kNN fell below random init (the preset's comment has the numbers).
+The ``cpu`` preset adds the KoLeo regulariser of DINOv2 (Oquab et al. 2023, arXiv
+2304.07193; :func:`losses.koleo_loss`, weight 0.5) on each view's batch of online
+projections ``z``: it pushes every image away from its nearest neighbour in the batch.
+That is not in the paper (``koleo_weight=0`` is BYOL as published); without it, on small
+data unlike ``shapes``, BYOL's features concentrated in a few directions and kNN fell
+below random init -- without negatives nothing in the loss spreads the images apart
+(measurements in ``docs/results.md``).
 
 Views are asymmetric (view 1 always blurred, view 2 sometimes solarized; no blur at
 <= 32 px).  As in the authors' JAX code, each view goes through the networks in its own
 forward pass, so BatchNorm statistics are per view.
+
+Usage (the ``cpu`` preset is the default)::
+
+    selfsup.pretrain("byol", "shapes", out_dir="runs/byol")
+    # or: selfsup pretrain --method byol --data shapes --out runs/byol
 """
 from __future__ import annotations
 
@@ -44,7 +52,15 @@ from selfsup.methods.losses import byol_loss, koleo_loss
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
-    """BYOL projector / predictor: Linear(d, h) - BN - ReLU - Linear(h, out)."""
+    """BYOL projector / predictor: Linear(d, h) - BN - ReLU - Linear(h, out).
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.byol import byol_mlp
+        >>> byol_mlp(512, 1024, 256)(torch.randn(4, 512)).shape
+        torch.Size([4, 256])
+    """
     norm = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), norm, nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, out_dim))
@@ -69,22 +85,18 @@ class BYOL(Method):
     presets = {
         # small data on a CPU: a faster target (tau_0 0.98 for short runs), strong colour
         # jitter, the setting that learned shape on `shapes` (tests/test_byol.py), and a
-        # predictor trained at 10x the LR: kNN 0.292 / linear 0.356 against 0.246 / 0.294
-        # (random init 0.255) after 40 epochs of 2000 16 px shapes; lr 1e-3 (0.230) and
-        # tau_0 0.9 (0.162, effective rank 80 -> 10) were worse.  Batch 64: BYOL needs
-        # steps, and 30 epochs of a small set at batch 128 are a few hundred -- kNN after
-        # 30 epochs (seed 0, random init 0.911 / 0.255): digits 0.786 -> 0.936, 16 px
-        # shapes 0.271 -> 0.324 in the same time; batch 32 was no better (0.933 / 0.333)
-        # and slower, weight decay 0.05 worse (0.919 / 0.310).  With STRONG_VIEWS' half-image
-        # crop floor, lr 2e-3 beat 4e-3 (digits 0.958 / 0.950, shapes 0.363 / 0.359); tau_0
-        # 0.99 was worse (0.956 / 0.325).  On photo_digits (handwriting on photographs) none
-        # of that lifted kNN above random init (0.187 against 0.205, 3 seeds; 60 epochs: lower
-        # still, while the linear probe rose): without negatives, nothing spreads the
-        # images apart, and the features concentrated (two directions held 58% of the
-        # variance).  DINOv2's KoLeo term on the online projections, weight 0.5, supplies
-        # the spread (seed 0, kNN): photo_digits 0.175 -> 0.269, shapes 0.363 -> 0.424, digits
-        # 0.958 -> 0.983; weight 0.1 (0.235), 1.0 (0.271, shapes 0.407) and on the backbone
-        # features (0.261 at 0.1, 0.183 at 0.5) were worse.  Not in the paper: weight 0 is BYOL.
+        # predictor trained at 10x the LR, which learned more than one at the base LR; a
+        # lower lr and tau_0 0.9 (the features lost most of their effective rank) were worse.
+        # Batch 64: BYOL needs steps, and 30 epochs of a small set at batch 128 are a few
+        # hundred; batch 32 was no better and slower, weight decay 0.05 worse.  With
+        # STRONG_VIEWS' half-image crop floor, lr 2e-3 beat 4e-3, and tau_0 0.99 was worse
+        # than 0.98.  On photo_digits (handwriting on photographs) none of that lifted kNN
+        # above random init, not even in longer runs while the linear probe rose: without
+        # negatives nothing spreads the images apart, and the features concentrated in two
+        # directions.  DINOv2's KoLeo term on the online projections, weight 0.5, supplies
+        # the spread on every source tried; weights 0.1 and 1.0, and KoLeo on the backbone
+        # features, were worse.  Not in the paper: weight 0 is BYOL.  Measurements in
+        # docs/results.md.
         "cpu": {"optim.name": "adamw", "optim.base_lr": 2e-3, "optim.weight_decay": 1e-4,
                 "optim.warmup_epochs": 2, "train.batch_size": 64, "train.epochs": 30,
                 "method_cfg.hidden_dim": 512, "method_cfg.tau": 0.98, "method_cfg.predictor_lr_scale": 10.0,

@@ -1,8 +1,32 @@
 """Self-supervised losses as plain functions.
 
 Every loss here is a pure function of tensors: no modules, no state, no process groups.
-Where a method needs information from other processes (the SimCLR negatives, the DINO
-center) the caller passes a ``gather`` hook; the default is a single process.
+The state a loss depends on (MoCo's queue, DINO's centre, EMA targets) lives in the
+method that owns it, so a checkpoint saves it and a resumed run finds it; a loss that
+kept it would lose it on resume.  Where a method needs information from other processes
+(the SimCLR negatives, the DINO centre) the caller passes a ``gather`` hook; the default
+is a single process.  Each docstring gives the formula, the paper it comes from and a
+short example (the examples are run as doctests by ``tests/test_doctests.py``).
+
+Contents, by family:
+
+* contrastive: :func:`info_nce` (van den Oord et al. 2018), :func:`nt_xent` (SimCLR),
+  :func:`moco_loss` (MoCo);
+* bootstrapping: :func:`regression_loss`, :func:`byol_loss` (BYOL);
+* self-distillation: :func:`dino_loss`, :func:`dino_center_update`,
+  :func:`dino_diagnostics` and :func:`entropy` (DINO), :func:`sinkhorn_knopp` (SwAV /
+  DINOv2), :func:`koleo_loss` (KoLeo, used by DINOv2);
+* reconstruction: :func:`patchify` / :func:`unpatchify`, :func:`mae_loss` (MAE),
+  :func:`hog_targets` (MaskFeat), :func:`reconstruction_loss` (denoising autoencoders),
+  :func:`masked_lm_loss` (BERT).
+
+Example::
+
+    >>> import torch
+    >>> from selfsup.methods.losses import nt_xent
+    >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)  # projections of two views
+    >>> nt_xent(z1, z2, temperature=0.5).shape
+    torch.Size([])
 
 Conventions shared by all losses
 --------------------------------
@@ -105,8 +129,9 @@ def _check_2d_same(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 0.5) -> Tensor:
     r"""InfoNCE with explicit negatives and cosine similarity.
 
-    Oord, Li & Vinyals, "Representation Learning with Contrastive Predictive Coding"
-    (2018); cosine similarity and temperature as in SimCLR (Chen et al. 2020)::
+    van den Oord, Li & Vinyals, "Representation Learning with Contrastive Predictive
+    Coding" (2018, arXiv 1807.03748); cosine similarity and temperature as in SimCLR
+    (Chen et al. 2020, arXiv 2002.05709)::
 
         loss_i = -log( exp(s(a_i, p_i)/T) / ( exp(s(a_i, p_i)/T) + sum_k exp(s(a_i, n_k)/T) ) )
         s(u, v) = u.v / (|u| |v|)
@@ -119,6 +144,15 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: f
         positive:  (N, D), row i is the positive of anchor i
         negatives: (K, D) shared by all anchors, or (N, K, D) one set per anchor
         temperature: T > 0
+
+    Example: a positive equal to the anchor and one orthogonal negative at T = 1 give
+    ``-log(e / (e + 1)) = log(1 + 1/e)``::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import info_nce
+        >>> anchor, negative = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+        >>> round(info_nce(anchor, anchor, negative, temperature=1.0).item(), 2)
+        0.31
     """
     _check_2d_same("anchor", anchor, "positive", positive)
     a = F.normalize(anchor, dim=-1)  # (N, D)
@@ -141,7 +175,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, gather: Optiona
     r"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR.
 
     Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of
-    Visual Representations" (ICML 2020), eq. (1).  With the 2N views of a batch
+    Visual Representations" (ICML 2020, arXiv 2002.05709), eq. (1).  With the 2N views of a batch
     (two per image) and s the cosine similarity, for anchor i with positive j::
 
         l(i, j) = -log( exp(s_ij/T) / sum_{k != i} exp(s_ik/T) )
@@ -166,6 +200,15 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, gather: Optiona
     Args:
         z1, z2: (N, D) projections of the two views, row i of both from the same image.
         temperature: T > 0.
+
+    Example: a batch of 4 identical embeddings gives ln(2N - 1) = ln 7::
+
+        >>> import math
+        >>> import torch
+        >>> from selfsup.methods.losses import nt_xent
+        >>> z = torch.ones(4, 8)
+        >>> round(nt_xent(z, z).item(), 4), round(math.log(7), 4)
+        (1.9459, 1.9459)
     """
     _check_2d_same("z1", z1, "z2", z2)
     n = z1.shape[0]
@@ -199,9 +242,9 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> 
     r"""MoCo contrastive loss with a queue of negative keys.
 
     He, Fan, Wu, Xie & Girshick, "Momentum Contrast for Unsupervised Visual
-    Representation Learning" (CVPR 2020), eq. (1); T = 0.2 is the MoCo v2 default
-    (Chen, Fan, Girshick & He, "Improved Baselines with Momentum Contrastive
-    Learning", 2020)::
+    Representation Learning" (CVPR 2020, arXiv 1911.05722), eq. (1); T = 0.2 is the MoCo
+    v2 default (Chen, Fan, Girshick & He, "Improved Baselines with Momentum Contrastive
+    Learning", 2020, arXiv 2003.04297)::
 
         logits = [q.k+, q.queue^T] / T        (positive at index 0)
         loss   = CE(logits, 0) = -log( exp(q.k+/T) / (exp(q.k+/T) + sum_j exp(q.k_j/T)) )
@@ -215,6 +258,17 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> 
         q: (N, D) queries (online encoder).
         k: (N, D) positive keys (momentum encoder).
         queue: (K, D) negative keys.
+
+    Example: with ``q = k`` and K negatives orthogonal to it the loss is
+    ``log(1 + K exp(-1/T))``::
+
+        >>> import math
+        >>> import torch
+        >>> from selfsup.methods.losses import moco_loss
+        >>> q = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+        >>> queue = torch.eye(4)[1:]  # K = 3 unit keys, orthogonal to q
+        >>> torch.isclose(moco_loss(q, q, queue, temperature=0.2), torch.tensor(math.log(1 + 3 * math.exp(-5))))
+        tensor(True)
     """
     _check_2d_same("q", q, "k", k)
     if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
@@ -233,7 +287,8 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> 
 def regression_loss(p: Tensor, z: Tensor) -> Tensor:
     r"""BYOL's per-sample regression loss, ``2 - 2 cos(p, sg(z))``.
 
-    Grill et al., "Bootstrap Your Own Latent" (NeurIPS 2020), eq. (2)::
+    Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised
+    Learning" (NeurIPS 2020, arXiv 2006.07733), eq. (2)::
 
         L = || p/|p| - z/|z| ||^2 = 2 - 2 <p, z> / (|p| |z|)
 
@@ -244,6 +299,15 @@ def regression_loss(p: Tensor, z: Tensor) -> Tensor:
         z: (N, D) target projections.
     Returns:
         (N,) per-sample losses.
+
+    Example: a prediction along its target costs 0 (whatever the norms), against it 4::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import regression_loss
+        >>> p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+        >>> z = torch.tensor([[2.0, 0.0], [-1.0, 0.0]])
+        >>> regression_loss(p, z)
+        tensor([0., 4.])
     """
     _check_2d_same("p", p, "z", z)
     return 2.0 - 2.0 * F.cosine_similarity(p, z.detach(), dim=-1)
@@ -252,7 +316,7 @@ def regression_loss(p: Tensor, z: Tensor) -> Tensor:
 def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     r"""Symmetrised BYOL loss.
 
-    Grill et al., "Bootstrap Your Own Latent" (NeurIPS 2020), Sec. 3.1: the online
+    Grill et al. (NeurIPS 2020, arXiv 2006.07733), Sec. 3.1: the online
     prediction of each view regresses the target projection of the other view and the
     two directions are summed::
 
@@ -263,6 +327,15 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     Args:
         p1, p2: (N, D) online predictions of view 1 and view 2.
         z1, z2: (N, D) target projections of view 1 and view 2 (detached here).
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import byol_loss
+        >>> p1, p2, z1, z2 = (torch.randn(8, 256) for _ in range(4))
+        >>> loss = byol_loss(p1, p2, z1, z2)
+        >>> loss.shape, 0 <= loss.item() <= 8
+        (torch.Size([]), True)
     """
     return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
 
@@ -270,14 +343,25 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- DINO
 @_float32
 def koleo_loss(z: Tensor, eps: float = 1e-8) -> Tensor:
-    r"""Kozachenko-Leonenko entropy regulariser (Sablayrolles et al. 2019; DINOv2, Oquab
-    et al. 2023, Sec. 4)::
+    r"""Kozachenko-Leonenko entropy regulariser (KoLeo).
+
+    Sablayrolles, Douze, Schmid & Jegou, "Spreading vectors for similarity search"
+    (ICLR 2019, arXiv 1806.03198); used in DINOv2 (Oquab et al. 2023,
+    arXiv 2304.07193, Sec. 4) on each batch of features::
 
         L = -1/N sum_i log( min_{j != i} || x_i - x_j || + eps ),   x = z / |z|
 
     It grows as two samples of the batch approach each other, so minimising it spreads
     the batch uniformly over the sphere: a bottleneck that maps every image to nearly one
     direction is penalised.  ``z`` (N, D), N >= 2.
+
+    Example: two orthogonal unit vectors are sqrt(2) apart, so L = -ln sqrt(2)::
+
+        >>> import math
+        >>> import torch
+        >>> from selfsup.methods.losses import koleo_loss
+        >>> round(koleo_loss(torch.eye(2)).item(), 2), round(-math.log(math.sqrt(2)), 2)
+        (-0.35, -0.35)
     """
     if z.dim() != 2 or len(z) < 2:
         raise ValueError(f"koleo_loss needs (N, D) with N >= 2, got shape {tuple(z.shape)}")
@@ -294,8 +378,11 @@ def koleo_loss(z: Tensor, eps: float = 1e-8) -> Tensor:
 @_float32
 def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = 3, *,
                    gather: Optional[GatherFn] = None) -> Tensor:
-    r"""Sinkhorn-Knopp normalisation of teacher outputs (SwAV, Caron et al. 2020; DINOv2's
-    replacement of DINO's centering, Oquab et al. 2023).
+    r"""Sinkhorn-Knopp normalisation of teacher outputs.
+
+    From SwAV (Caron et al., "Unsupervised Learning of Visual Features by Contrasting
+    Cluster Assignments", NeurIPS 2020, arXiv 2006.09882, Sec. 3.1); DINOv2 uses it in
+    place of DINO's centering (Oquab et al. 2023, arXiv 2304.07193).
 
     ``Q = exp(logits / T)`` over the (global) batch is rescaled, alternately, so that every
     prototype receives the same total mass and every sample's row sums to one::
@@ -306,6 +393,14 @@ def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = 3, *,
     uniform when the batch is not (no uniform collapse).  ``logits`` (N, K) -> (N, K)
     probabilities (rows sum to 1); with ``gather`` the balancing runs over every process's
     rows and each gets its own back.
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import sinkhorn_knopp
+        >>> q = sinkhorn_knopp(torch.randn(4, 3), temperature=0.1)
+        >>> q.shape, torch.allclose(q.sum(dim=1), torch.ones(4))
+        (torch.Size([4, 3]), True)
     """
     rows, offset = gather(logits) if gather is not None else (logits, 0)
     q = torch.exp((rows - rows.max()) / temperature).T  # (K, B), stabilised
@@ -345,7 +440,7 @@ def dino_loss(
     r"""DINO self-distillation cross-entropy.
 
     Caron et al., "Emerging Properties in Self-Supervised Vision Transformers"
-    (ICCV 2021), eq. (3) with centering and sharpening::
+    (ICCV 2021, arXiv 2104.14294), eq. (3) with centering and sharpening::
 
         P_t = softmax((g_t(x) - c) / T_t)        (stop-gradient)
         P_s = softmax(g_s(x') / T_s)
@@ -363,6 +458,16 @@ def dino_loss(
             (2 in DINO).  Detached here.
         center: (1, K) or (K,) running center of the teacher outputs.
         student_temp, teacher_temp: T_s, T_t.
+
+    Example: 2 global and 2 local crops with uniform outputs over K = 16 give ln 16::
+
+        >>> import math
+        >>> import torch
+        >>> from selfsup.methods.losses import dino_loss
+        >>> student = [torch.zeros(8, 16) for _ in range(4)]  # 2 global + 2 local crops
+        >>> teacher = [torch.zeros(8, 16) for _ in range(2)]  # the 2 global crops
+        >>> round(dino_loss(student, teacher, center=torch.zeros(16)).item(), 4), round(math.log(16), 4)
+        (2.7726, 2.7726)
     """
     student_logp, teacher_p = _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp)
     pairs = _dino_pairs(len(student_logp), len(teacher_p))
@@ -383,7 +488,7 @@ def dino_center_update(
 ) -> Tensor:
     r"""EMA update of the DINO center.
 
-    Caron et al. (ICCV 2021), eq. (4)::
+    Caron et al. (ICCV 2021, arXiv 2104.14294), eq. (4)::
 
         c <- m c + (1 - m) * 1/B sum_{i=1..B} g_t(x_i)
 
@@ -398,6 +503,13 @@ def dino_center_update(
             called once on the concatenated (n_global*N, K) teacher outputs.
     Returns:
         (1, K) new center (a new tensor, no gradient).
+
+    Example: with m = 0.5 the centre moves half-way to the batch mean::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import dino_center_update
+        >>> dino_center_update(torch.zeros(1, 4), [torch.ones(2, 4)], momentum=0.5).tolist()
+        [[0.5, 0.5, 0.5, 0.5]]
     """
     t = torch.cat([x.detach() for x in teacher_out], dim=0)  # (n_global*N, K)
     if gather is not None:
@@ -407,7 +519,15 @@ def dino_center_update(
 
 
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
-    """Shannon entropy in nats, ``-sum_k p_k log p_k`` along ``dim`` (0 log 0 = 0)."""
+    """Shannon entropy in nats, ``-sum_k p_k log p_k`` along ``dim`` (0 log 0 = 0).
+
+    Example: the uniform distribution over 4 outcomes has entropy ln 4::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import entropy
+        >>> entropy(torch.tensor([0.25, 0.25, 0.25, 0.25]))
+        tensor(1.3863)
+    """
     probs = _upcast(probs)
     return -torch.special.xlogy(probs, probs).sum(dim)
 
@@ -421,7 +541,7 @@ def dino_diagnostics(
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
 ) -> dict[str, float]:
-    r"""Collapse monitors for DINO (Caron et al. 2021, Sec. 5.3 / Fig. 7).
+    r"""Collapse monitors for DINO (Caron et al. 2021, arXiv 2104.14294, Sec. 5.3 / Fig. 7).
 
     The DINO cross-entropy splits as ``H(P_t) + KL(P_t || P_s)``.  Collapse shows as
     KL -> 0 with either ``teacher_entropy -> ln K`` (uniform collapse: too much
@@ -434,6 +554,15 @@ def dino_diagnostics(
         ``kl``: mean over the same (teacher, student) pairs as :func:`dino_loss` and
         over the batch of KL(P_t || P_s) (nats), so ``loss == teacher_entropy + kl``;
         ``ln_k``: ln K, the entropy of the uniform distribution, for comparison.
+
+    Example: uniform outputs are the uniform collapse (entropy ln K, KL 0)::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import dino_diagnostics
+        >>> student = [torch.zeros(8, 16) for _ in range(4)]
+        >>> teacher = [torch.zeros(8, 16) for _ in range(2)]
+        >>> {k: round(v, 4) for k, v in dino_diagnostics(student, teacher, torch.zeros(16)).items()}
+        {'teacher_entropy': 2.7726, 'kl': 0.0, 'ln_k': 2.7726}
     """
     student_logp, teacher_p = _dino_probs(student_out, teacher_out, center, student_temp, teacher_temp)
     pairs = _dino_pairs(len(student_logp), len(teacher_p))
@@ -454,8 +583,15 @@ def patchify(imgs: Tensor, p: int) -> Tensor:
 
     (N, C, H, W) -> (N, L, p*p*C) with L = (H/p)(W/p).  Patches are numbered row-major
     over the grid (l = row * W/p + col); inside a patch the vector is ordered
-    (row-in-patch, column-in-patch, channel), channel fastest, as in the MAE code
-    (He et al. 2021).
+    (row-in-patch, column-in-patch, channel), channel fastest, as in the authors' MAE
+    code (He et al. 2021, arXiv 2111.06377), so that its targets and pictures match.
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import patchify
+        >>> patchify(torch.zeros(2, 3, 32, 32), 8).shape  # 4 x 4 patches of 8 * 8 * 3 values
+        torch.Size([2, 16, 192])
     """
     if imgs.dim() != 4:
         raise ValueError(f"imgs must be (N, C, H, W); got {tuple(imgs.shape)}")
@@ -472,6 +608,14 @@ def unpatchify(x: Tensor, p: int, channels: int, *, grid: Optional[tuple[int, in
     """Exact inverse of :func:`patchify`: (N, L, p*p*C) -> (N, C, h*p, w*p).
 
     ``grid = (h, w)`` gives the patch grid; by default it is square (h = w = sqrt(L)).
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import patchify, unpatchify
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> torch.equal(unpatchify(patchify(x, 8), 8, channels=3), x)
+        True
     """
     n, length, dim = x.shape
     if dim != p * p * channels:
@@ -494,7 +638,7 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) 
     r"""Masked-autoencoder reconstruction loss on the removed patches only.
 
     He, Chen, Xie, Li, Dollar & Girshick, "Masked Autoencoders Are Scalable Vision
-    Learners" (2021), Sec. 3::
+    Learners" (CVPR 2022, arXiv 2111.06377), Sec. 3::
 
         t~      = (t - mean(t)) / sqrt(var(t) + 1e-6)    per patch, if norm_pix
                   (var is the UNBIASED variance over the patch's p*p*C values)
@@ -508,6 +652,15 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) 
         target: (N, L, p*p*C) patchified images (see :func:`patchify`).
         mask:   (N, L), 1 (or True) where the patch was removed, 0 where visible.
         norm_pix: normalise each target patch as above.
+
+    Example: only the removed patches count (here every removed patch is off by 1)::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import mae_loss
+        >>> pred, target = torch.zeros(2, 4, 12), torch.ones(2, 4, 12)  # N=2, L=4, p*p*C=12
+        >>> mask = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])
+        >>> mae_loss(pred, target, mask, norm_pix=False)
+        tensor(1.)
     """
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"pred and target must both be (N, L, D); got {tuple(pred.shape)}, {tuple(target.shape)}")
@@ -525,7 +678,11 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) 
 
 
 def hog_targets(imgs: Tensor, p: int, bins: int = 9, eps: float = 0.05) -> Tensor:
-    r"""Per-patch histograms of oriented gradients, MaskFeat's target (Wei et al. 2022).
+    r"""Per-patch histograms of oriented gradients, MaskFeat's target.
+
+    Wei, Fan, Xie, Wu, Yuille & Feichtenhofer, "Masked Feature Prediction for
+    Self-Supervised Visual Pre-Training" (CVPR 2022, arXiv 2112.09133): predicting HOG
+    of the removed patches instead of their pixels.
 
     (N, C, H, W) in [0, 1] -> (N, L, bins), one histogram per p x p patch in
     :func:`patchify`'s order.  Following Dalal & Triggs (2005): centred [-1, 0, 1]
@@ -534,6 +691,15 @@ def hog_targets(imgs: Tensor, p: int, bins: int = 9, eps: float = 0.05) -> Tenso
     ``bins`` bins, split linearly between the two nearest bin centres; each patch's
     histogram is L2-normalised, ``h / sqrt(|h|^2 + (eps p^2)^2)``, so the target does
     not depend on colour or contrast, and flat patches stay near zero.
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import hog_targets
+        >>> hog_targets(torch.rand(2, 3, 16, 16), 8).shape  # 2 x 2 patches, 9 bins each
+        torch.Size([2, 4, 9])
+        >>> hog_targets(torch.full((1, 3, 16, 16), 0.5), 8).abs().max()  # a flat image
+        tensor(0.)
     """
     n, c, hh, ww = imgs.shape
     x = F.pad(imgs.float(), (1, 1, 1, 1), mode="replicate")
@@ -584,6 +750,16 @@ def reconstruction_loss(recon: Tensor, clean: Tensor, kind: str = "mse", *, logi
     Args:
         recon: (N, ...) reconstruction (probabilities or logits).
         clean: (N, ...) clean input, same shape.
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import reconstruction_loss
+        >>> recon, clean = torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0]])
+        >>> reconstruction_loss(recon, clean).item()  # mean of 0.5^2 and 0.5^2
+        0.25
+        >>> reconstruction_loss(recon, clean, "bce")  # ln 2 + ln 2, summed over components
+        tensor(1.3863)
     """
     if kind not in _RECON_KINDS:
         raise SelfSupError(f"unknown reconstruction loss {kind!r}; valid kinds: {', '.join(_RECON_KINDS)}")
@@ -607,8 +783,10 @@ IGNORE_INDEX = -100  # label of the positions a masked language model is not sco
 
 @_float32
 def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    r"""BERT's masked language modelling loss (Devlin et al., "BERT: Pre-training of Deep
-    Bidirectional Transformers for Language Understanding", NAACL 2019, Sec. 3.1).
+    r"""BERT's masked language modelling loss.
+
+    Devlin, Chang, Lee & Toutanova, "BERT: Pre-training of Deep Bidirectional
+    Transformers for Language Understanding" (NAACL 2019, arXiv 1810.04805), Sec. 3.1.
 
     Cross-entropy of the predicted distribution over the vocabulary against the original
     token, averaged over the selected positions only::
@@ -622,6 +800,14 @@ def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     Args:
         logits: (..., V) scores over the vocabulary.
         labels: (...) original token ids at the selected positions, -100 elsewhere.
+
+    Example: uniform logits over V = 10 tokens give ln 10, whatever is selected::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import masked_lm_loss
+        >>> labels = torch.tensor([[-100, 3, -100, 7]])  # positions 1 and 3 were selected
+        >>> masked_lm_loss(torch.zeros(1, 4, 10), labels)
+        tensor(2.3026)
     """
     logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)  # (M, V), (M,)
     if not bool((labels != IGNORE_INDEX).any()):

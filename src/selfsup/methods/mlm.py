@@ -1,6 +1,7 @@
-"""BERT masked language modelling (Devlin et al. 2018) on text.
+"""BERT masked language modelling on text.
 
-Per step, on a batch of token ids (N, L) right-padded with the tokenizer's pad id:
+Devlin, Chang, Lee & Toutanova, "BERT: Pre-training of Deep Bidirectional Transformers
+for Language Understanding" (NAACL 2019, arXiv 1810.04805), Sec. 3.1.  Per step, on a batch of token ids (N, L) right-padded with the tokenizer's pad id:
 
 1. **select** (dynamic masking, fresh every batch, from the run's generator): each token
    that is neither special nor padding is selected with probability ``mask_prob``
@@ -12,10 +13,22 @@ Per step, on a batch of token ids (N, L) right-padded with the tokenizer's pad i
    embeddings); the loss is the cross-entropy against the original tokens
    (:func:`selfsup.methods.losses.masked_lm_loss`; 0 for a batch with nothing selected).
 
+Why 80/10/10: [MASK] never occurs when the encoder is used, so always showing it would
+teach features for an input the encoder never sees again; the random and unchanged 10%
+make every token a possible target, so the encoder must represent each one.  Dynamic
+masking (a new draw every batch, as RoBERTa does, Liu et al. 2019, arXiv 1907.11692)
+instead of the paper's static masks gives a small corpus many more distinct targets.
+
 The encoder is a :class:`selfsup.models.text.TextEncoder`; downstream tasks use its
-mean-pooled hidden states.  Recipe (REFERENCE section 7): AdamW (0.9, 0.999, eps 1e-6),
-weight decay 0.01 except LayerNorm and biases, linear warm-up then linear decay,
-gradient clipping at 1.0.
+mean-pooled hidden states.  The presets follow the paper's optimiser (Appendix A.2: Adam
+with betas (0.9, 0.999), weight decay 0.01, linear warm-up then linear decay) and its
+public code (decoupled weight decay, i.e. AdamW, that skips LayerNorm weights and biases;
+eps 1e-6; gradient clipping at norm 1.0).
+
+Usage (the ``cpu`` preset is the default)::
+
+    selfsup.pretrain("mlm", "lang", out_dir="runs/mlm")
+    # or: selfsup pretrain --method mlm --data lang --out runs/mlm
 """
 from __future__ import annotations
 
@@ -49,6 +62,18 @@ def mask_tokens(ids: torch.Tensor, generator: torch.Generator, *, special_ids: l
     Random numbers come from ``generator`` on the CPU, so a run is the same on any device.
     ``word_starts`` ((vocab,) bool, True where a token begins a word) turns on whole-word
     selection.
+
+    Example (ids 0-3 are the special tokens, 3 is [MASK]; half of the tokens selected)::
+
+        >>> import torch
+        >>> from selfsup.methods.mlm import mask_tokens
+        >>> ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11, 2, 0]])  # [CLS] ... [SEP] [PAD]
+        >>> inputs, labels = mask_tokens(ids, torch.Generator().manual_seed(0), special_ids=[0, 1, 2, 3],
+        ...                              mask_id=3, vocab_size=20, mask_prob=0.5)
+        >>> inputs
+        tensor([[ 1,  5,  3,  3,  3,  9,  3, 11,  2,  0]])
+        >>> labels
+        tensor([[-100, -100,    6,    7,    8, -100,   10, -100, -100, -100]])
     """
     device = ids.device
     cpu = ids.cpu()
@@ -113,12 +138,13 @@ class MaskedLM(Method):
     Config = MLMConfig
     modality = "text"
     presets = {
-        # a compact BERT (Turc et al. 2019) that learns in minutes on 2 cores; see the README
+        # a compact BERT (Turc et al. 2019, "Well-Read Students Learn Better", arXiv
+        # 1908.08962), small enough to learn on 2 CPU cores (measurements in docs/results.md)
         "cpu": {"backbone": "bert", "backbone_cfg": {"layers": 2, "hidden": 128, "heads": 2},
                 "data.source": "lang", "optim.name": "adamw", "optim.base_lr": 8e-3, "optim.eps": 1e-6,
                 "optim.weight_decay": 0.01, "optim.schedule": "linear", "optim.warmup_epochs": 1,
                 "optim.clip_grad": 1.0, "train.batch_size": 64, "train.epochs": 20},
-        # BERT-base shape; lr 1e-4 at batch 256 as in the paper
+        # BERT-base shape; lr 1e-4 at batch 256 as in the paper (Appendix A.2)
         "gpu": {"backbone": "bert", "backbone_cfg": {"layers": 12, "hidden": 768, "heads": 12},
                 "data.source": "lang",
                 "optim.name": "adamw", "optim.base_lr": 1e-4, "optim.eps": 1e-6, "optim.weight_decay": 0.01,

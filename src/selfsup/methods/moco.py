@@ -1,4 +1,9 @@
-"""MoCo v2 (He et al. 2020; Chen, Fan, Girshick & He 2020): momentum contrast with a queue.
+"""MoCo v2: momentum contrast with a queue of negative keys.
+
+He, Fan, Wu, Xie & Girshick, "Momentum Contrast for Unsupervised Visual Representation
+Learning" (CVPR 2020, arXiv 1911.05722), with the v2 improvements of Chen, Fan, Girshick
+& He, "Improved Baselines with Momentum Contrastive Learning" (2020, arXiv 2003.04297):
+an MLP head, T = 0.2 and stronger views.
 
 A query encoder ``f_q`` + MLP head (trained) and a key encoder ``f_k`` + head (an EMA copy,
 no gradient) map two views of each image to ``q`` and ``k``.  The loss is cross-entropy
@@ -12,16 +17,16 @@ loss (a ring buffer; K must be divisible by the number of keys per step).  With
 ``symmetric=True`` (an option of the authors' CIFAR demo) each view is also a query for
 the other view's key, the two losses are summed and both sets of keys are enqueued.
 
-Why MoCo learns slower than SimCLR in short CPU runs (measured on 2000 16 px `shapes`, 40
-epochs, kNN 0.30 against 0.255 at random init, SimCLR about 0.5): the key encoder is an
-average of the query encoder over the last ~1/(1-m) steps, and the queue holds keys of the
-last K/N steps, so in a few hundred steps the targets lag a network that still changes
-fast.  A faster key encoder (m=0.9) does not cure it: the current batch's keys then differ
-from the queued ones by the network's drift, the query learns to find "the key from the
-current network" -- positive accuracy rose to 0.6 while the effective rank of the
-features fell from 80 to 3 and kNN dropped below random init.  Learning rates 1e-3 to 8e-3,
-SGD, T=0.2, batch 64, a queue of one batch, plain BN or BN in the head left kNN at
-0.25-0.32; the symmetric loss (both views are queries) reached 0.356 and is the cpu preset.
+Why MoCo learns slower than SimCLR in short CPU runs: the key encoder is an average of
+the query encoder over the last ~1/(1-m) steps, and the queue holds keys of the last K/N
+steps, so in a few hundred steps the targets lag a network that still changes fast.  A
+faster key encoder (m=0.9) does not cure it: the current batch's keys then differ from the
+queued ones by the network's drift, and the query learns to find "the key from the current
+network" -- the positive accuracy rose while the effective rank of the features collapsed
+and kNN fell below random init.  Other learning rates, SGD, T=0.2, smaller batches, a queue
+of one batch, plain BN or BN in the head did not lift kNN much above random init; the
+symmetric loss (both views are queries) did, and is the cpu preset (measurements in
+``docs/results.md``).
 
 Head: Linear(d, d) - ReLU - Linear(d, 128), no BatchNorm (v2); ``head_bn=True`` adds BN
 after the hidden layer (inside the split-BN groups, like the encoder).  Views: the MoCo v2
@@ -38,6 +43,11 @@ permutation of the batch (drawn from the step's generator), unshuffled afterward
 query and its key therefore rarely share statistics.  The groups are plain chunked
 forward passes, so BN running statistics are updated once per group; encoders without
 BatchNorm (ViTs) run in one pass.
+
+Usage (the ``cpu`` preset is the default)::
+
+    selfsup.pretrain("moco", "shapes", out_dir="runs/moco")
+    # or: selfsup pretrain --method moco --data shapes --out runs/moco
 """
 from __future__ import annotations
 
@@ -58,7 +68,16 @@ from selfsup.methods.losses import moco_loss
 
 def moco_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
     """MoCo v2 head: Linear(d, h) - ReLU - Linear(h, out), no BatchNorm; with ``batch_norm``
-    BN after the hidden layer (as MoCo v3 and the CIFAR re-implementations)."""
+    BN after the hidden layer (as MoCo v3, Chen, Xie & He 2021, arXiv 2104.02057, and the
+    CIFAR re-implementations do).
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.moco import moco_head
+        >>> moco_head(512, 512, 128)(torch.randn(4, 512)).shape
+        torch.Size([4, 128])
+    """
     norm = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), norm, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
@@ -82,14 +101,12 @@ class MoCo(Method):
     min_batch_size = 2  # split BN needs at least two images per group
     presets = {
         # small data on a CPU: T=0.1 and strong colour jitter (SimCLR s=1) learned shape on
-        # `shapes` where the plain v2 recipe learned only colour and texture (tests/test_moco.py);
-        # the symmetric loss: kNN 0.356 against 0.306 after 40 epochs of 2000 16 px shapes,
-        # where lr 1e-3 / 8e-3, SGD, T=0.2, batch 64, queue 128, plain BN, BN in the head and
-        # m=0.9 did not help (m=0.9 collapsed: see the class docstring).  Batch 64 rather than
-        # 128: twice the steps in the same epochs; kNN seed 0 (random init) on glyphs_tune
-        # 0.118 -> 0.175 (0.114), seed 1 0.118 -> 0.231 (0.110); on 16 px shapes 0.376 (3-seed
-        # mean at 128) -> 0.436, on 16 px photo_digits 0.293 -> 0.331; the benchmark's runs take
-        # 2-3x longer (16 px shapes 34 -> 92 s, glyphs 122 -> 234 s: per-step overhead).
+        # `shapes` where the plain v2 recipe learned only colour and texture (tests/test_moco.py).
+        # The symmetric loss learned more than the one-way loss, where other learning rates,
+        # SGD, T=0.2, a smaller queue, plain BN, BN in the head and m=0.9 did not help (m=0.9
+        # collapsed: see the module docstring).  Batch 64 rather than 128: twice the steps in
+        # the same epochs learned more on every source tried, at a longer wall-clock time
+        # (per-step overhead).  Measurements in docs/results.md.
         "cpu": {"optim.name": "adamw", "optim.base_lr": 4e-3, "optim.weight_decay": 1e-4,
                 "optim.warmup_epochs": 2, "train.batch_size": 64, "train.epochs": 30,
                 "method_cfg.queue_size": 1024, "method_cfg.momentum": 0.99, "method_cfg.temperature": 0.1,

@@ -12,9 +12,10 @@ Training, feature extraction, fine-tuning and ``embed`` share one fast path:
   channels-last, which oneDNN and cuDNN run fastest) and, on a CPU, timm's explicit
   attention instead of the fused kernel, whose bf16 backward is slower than fp32 there.
 
-Measured on 2 cores with AMX-BF16 (``benchmarks/bench_throughput.py``): a SimCLR step on
-ResNet-18 (CIFAR stem) at batch 128 runs at 105 images/s against 42 in fp32 (2.5x), the
-small CNN at 2076 against 1387 (1.5x).
+Why bf16 on a CPU at all: on CPUs with AMX-BF16 a training step of ResNet-18 and of the
+small CNN runs clearly faster under bf16 autocast than in fp32, while the float32 master
+weights and losses keep the results of fp32 training (``benchmarks/bench_throughput.py``
+measures it; its results are in ``docs/results.md``).
 """
 from __future__ import annotations
 
@@ -116,10 +117,10 @@ def keep_freed_memory() -> bool:
 
     PyTorch's CPU tensors come straight from ``malloc``; glibc serves blocks above its
     mmap threshold (at most 32 MB by default) with fresh ``mmap`` pages and unmaps them
-    on free, so every training step page-faults its activations in again (1.3 M minor
-    faults in 10 ResNet-18 steps).  With large blocks kept on the heap a SimCLR step on
-    ResNet-18 ran 5-9% faster (1.34 M -> 0.46 M faults); the process keeps its peak
-    memory until it exits.  Returns False where this is not glibc (nothing changed)."""
+    on free, so every training step page-faults its activations in again.  With large
+    blocks kept on the heap most of those faults go away and a SimCLR step on ResNet-18
+    runs faster (measurements in ``docs/results.md``); the process keeps its peak memory
+    until it exits.  Returns False where this is not glibc (nothing changed)."""
     import ctypes
     import sys
 

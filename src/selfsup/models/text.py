@@ -3,7 +3,8 @@
 ``TextEncoder(ids)`` maps token ids ``(N, L)`` (right-padded with the tokenizer's pad
 id; the attention mask is ``ids != pad`` unless given) to a pooled ``(N, hidden)``
 vector -- the mean of the last hidden states over real tokens (``pooling="mean"``,
-which usually beats [CLS] for frozen features) or the [CLS] state (``"cls"``) -- so
+which usually beats [CLS] for frozen features: Reimers & Gurevych, "Sentence-BERT",
+EMNLP 2019, arXiv 1908.10084) or the [CLS] state (``"cls"``) -- so
 kNN, the linear probe, fine-tuning, embedding and the diagnostics take text unchanged.
 The encoder carries its tokenizer, which tells every evaluation how to turn raw text
 into its input (:meth:`TextEncoder.data_options`).
@@ -33,7 +34,7 @@ SELFSUP_FILE = "selfsup.json"  # pooling and max length, next to the Hugging Fac
 def _quiet_transformers():
     """transformers' logger at error level and without its progress bars: loading a folder
     into a model without a pooler (or without an MLM head) is expected here, not worth a
-    warning, and a weights file loads in well under a second."""
+    warning, and a local weights file loads too fast for a progress bar to help."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -19,8 +19,9 @@ PROJECTIONS = ("pca", "tsne", "umap")  # the 2-D maps project_2d draws
 
 
 def project_2d(feats: np.ndarray, how: str = "tsne", seed: int = 0) -> np.ndarray:
-    """(N, D) -> (N, 2) by PCA, t-SNE or UMAP (t-SNE and UMAP run on the top 50 principal
-    components; UMAP needs the optional ``umap-learn`` package)."""
+    """(N, D) -> (N, 2) by PCA, t-SNE (van der Maaten & Hinton, JMLR 2008) or UMAP (McInnes,
+    Healy & Melville 2018, arXiv 1802.03426); t-SNE and UMAP run on the top 50 principal
+    components, and UMAP needs the optional ``umap-learn`` package."""
     from sklearn.decomposition import PCA
 
     x = feats - feats.mean(0)
@@ -132,7 +133,7 @@ def factor_maps(xy: np.ndarray, factors: np.ndarray, factor_names: Sequence[str]
 
     Categorical factors get a qualitative palette, periodic ones a cyclic colormap
     (``twilight``, so both ends of the period look alike), the rest ``viridis``; kinds
-    come from :func:`selfsup.diagnostics.factor_kinds`.
+    come from :func:`selfsup.eval.diagnostics.factor_kinds`.
     """
     from selfsup.eval.diagnostics import factor_kinds
 

@@ -8,7 +8,7 @@ evaluation commands) and writes ``RUN/report.html``:
   kNN accuracy against the same encoder at random initialisation and the embedding map
   (``summary.json`` and ``summary_map.png``, which :func:`selfsup.api.report` computes
   when they are missing), or a line saying how to add them;
-* ``curves``: training curves drawn from ``metrics.jsonl`` (:func:`selfsup.plots.training_curves`);
+* ``curves``: training curves drawn from ``metrics.jsonl`` (:func:`selfsup.output.plots.training_curves`);
 * ``results``: every other ``*.json`` in the folder (``eval.json``, ``inspect.json``,
   ``label_efficiency.json``, ...): dicts as key/value tables (nested dicts nest), lists
   of dicts as tables with one row each;

@@ -1,2 +1,3 @@
 """Training: the step loop (``engine``), the checkpoint format (``checkpoint``),
-optimizers (``optim``) and the collapse monitor (``monitor``)."""
+optimizers (``optim``), the collapse monitor (``monitor``) and what keeps a run folder
+whole (``safety``: one writer, stops between steps, no non-finite checkpoint)."""

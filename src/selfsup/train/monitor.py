@@ -4,14 +4,16 @@ A collapsed representation maps every input to (nearly) the same vector, or span
 few directions.  ``normalized_std`` is the per-dimension standard deviation of the
 L2-normalised embeddings over the batch, averaged over dimensions and multiplied by
 ``sqrt(D)``: about 1 for embeddings spread evenly on the sphere, 0 for full collapse
-(SimSiam's diagnostic).  Methods log it as ``z_std``; :class:`CollapseMonitor` turns a
-run of low values (or DINO's teacher entropy pinned at 0 or ln K) into a warning.
+(SimSiam's diagnostic, Chen & He 2020, arXiv 2011.10566).  Methods log it as ``z_std``;
+:class:`CollapseMonitor` turns a run of low values (or DINO's teacher entropy pinned at 0
+or ln K) into a warning -- a run of ``WINDOW`` logged steps, not one, because a single
+batch can look narrow by chance.
 """
 from __future__ import annotations
 
 from selfsup.methods.base import COLLAPSE_STD, normalized_std  # noqa: F401  (the statistic the monitor reads)
 
-WINDOW = 5          # ... for this many consecutive logged steps
+WINDOW = 5  # logged steps in a row that must look collapsed before the monitor warns
 
 
 class CollapseMonitor:

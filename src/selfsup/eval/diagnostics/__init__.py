@@ -1,24 +1,31 @@
 """What a representation learned, measured on its embeddings (one module per concern).
 
+Why: a kNN or linear-probe number says how well the features serve one labelled task;
+these say what shape the features have -- how many directions they use, whether they
+collapsed, whether views of one image land together and images spread apart, and (where
+the data's generating factors are known, as in ``shapes``) which factor each feature
+dimension carries.  They need no training, so they are cheap to run on any checkpoint.
+
 Pure functions of embeddings (numpy arrays or torch tensors, rows are samples) that
 return floats or small JSON-ready dicts, plus two helpers that run an encoder:
 :func:`transfer` (linear probe on another dataset) and :func:`inspect` (everything at
 once on one dataset).
 
 Compactness
-    :func:`effective_rank` and :func:`dims_for_variance`: how many directions the
-    embeddings really use.
+    :func:`effective_rank` (Roy & Vetterli 2007; RankMe, Garrido et al. 2022, arXiv
+    2210.02313) and :func:`dims_for_variance`: how many directions the embeddings really
+    use.
 Collapse
     :func:`per_dim_std` and :func:`collapse_flag`: are all inputs mapped to (nearly) one
     point or one line?  The threshold is the training monitor's
-    (:data:`selfsup.monitor.COLLAPSE_STD`).
-Alignment and uniformity (Wang & Isola 2020)
+    (:data:`selfsup.methods.base.COLLAPSE_STD`).
+Alignment and uniformity (Wang & Isola 2020, arXiv 2005.10242)
     :func:`alignment` (positive pairs close, lower is better), :func:`relative_alignment`
     (the same relative to pairs of different samples, so that collapse does not score
     well) and :func:`uniformity` (points spread over the sphere, lower is better).
 Disentanglement against known factors
-    :func:`dci` (Eastwood & Williams 2018) and :func:`mig` (Chen et al. 2018), both with
-    a per-factor breakdown.
+    :func:`dci` (Eastwood & Williams, ICLR 2018) and :func:`mig` (Chen, Li, Grosse &
+    Duvenaud, NeurIPS 2018, arXiv 1802.04942), both with a per-factor breakdown.
 
 Factor kinds
     A factor is ``"categorical"`` (a class: a classification target for DCI, its values

@@ -15,10 +15,20 @@ def singular_values(z) -> np.ndarray:
 
 
 def effective_rank(z) -> float:
-    """Effective rank (Roy & Vetterli 2007): ``exp(H(p))`` with ``p = s / sum(s)`` the
-    normalised singular values of the centred embeddings and ``H`` the Shannon entropy
-    in nats.  Between 1 and ``min(N, D)``; exactly ``k`` when ``k`` singular values are
-    equal and the rest zero.  0 for embeddings that are all the same point."""
+    """Effective rank (Roy & Vetterli, "The effective rank: a measure of effective
+    dimensionality", EUSIPCO 2007): ``exp(H(p))`` with ``p = s / sum(s)`` the normalised
+    singular values of the centred embeddings and ``H`` the Shannon entropy in nats.
+    Between 1 and ``min(N, D)``; exactly ``k`` when ``k`` singular values are equal and the
+    rest zero.  0 for embeddings that are all the same point.  RankMe (Garrido et al. 2022,
+    arXiv 2210.02313) finds it tracks downstream accuracy of self-supervised features.
+
+    Example: the 4 corners of a simplex span 3 directions once centred::
+
+        >>> import numpy as np
+        >>> from selfsup.eval.diagnostics.compactness import effective_rank
+        >>> round(effective_rank(np.eye(4)), 6)
+        3.0
+    """
     s = singular_values(z)
     if s.sum() <= 0:
         return 0.0
@@ -43,7 +53,7 @@ def per_dim_std(z) -> dict[str, float]:
     """Standard deviation of each dimension of the L2-normalised embeddings, over samples.
 
     Returns its ``mean`` and ``min`` over dimensions, and ``z_std = mean * sqrt(D)``
-    (:func:`selfsup.monitor.normalized_std`, SimSiam's collapse diagnostic): about 1
+    (:func:`selfsup.methods.base.normalized_std`, SimSiam's collapse diagnostic): about 1
     when the embeddings spread evenly over the sphere, 0 when they all point one way.
     """
     z = as_array(z)
@@ -54,6 +64,6 @@ def per_dim_std(z) -> dict[str, float]:
 
 def collapse_flag(z) -> bool:
     """True when the embeddings look collapsed: ``z_std`` (see :func:`per_dim_std`) below
-    :data:`selfsup.monitor.COLLAPSE_STD` (complete collapse: one point) or an effective
+    :data:`selfsup.methods.base.COLLAPSE_STD` (complete collapse: one point) or an effective
     rank below 2 (dimensional collapse: one line)."""
     return normalized_std(torch.from_numpy(as_array(z))) < COLLAPSE_STD or effective_rank(z) < 2

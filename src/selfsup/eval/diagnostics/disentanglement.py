@@ -1,5 +1,12 @@
-"""Disentanglement against known factors: DCI (Eastwood & Williams 2018) and MIG
-(Chen et al. 2018), both with a per-factor breakdown."""
+"""Disentanglement against known factors: DCI and MIG, both with a per-factor breakdown.
+
+DCI: Eastwood & Williams, "A Framework for the Quantitative Evaluation of Disentangled
+Representations" (ICLR 2018).  MIG: Chen, Li, Grosse & Duvenaud, "Isolating Sources of
+Disentanglement in Variational Autoencoders" (NeurIPS 2018, arXiv 1802.04942).  Both ask
+whether each known generating factor (``shapes``' position, colour, rotation, ...) is
+carried by few code dimensions and each dimension by few factors; DCI from the
+importance a predictor of the factor gives each dimension, MIG from mutual information.
+"""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,11 @@
-"""Alignment and uniformity of the embeddings on the sphere (Wang & Isola 2020)."""
+"""Alignment and uniformity of the embeddings on the sphere.
+
+Wang & Isola, "Understanding Contrastive Representation Learning through Alignment and
+Uniformity on the Hypersphere" (ICML 2020, arXiv 2005.10242): a contrastive loss
+optimises two things at once, views of one image close together (alignment) and all
+images spread over the sphere (uniformity); measuring them apart says which of the two a
+representation lacks.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +15,15 @@ from selfsup.eval.diagnostics.arrays import _normalize_rows, as_array
 def alignment(z1, z2, alpha: float = 2) -> float:
     """Alignment (Wang & Isola 2020): ``E ||f(x) - f(y)||^alpha`` over positive pairs
     ``(x, y)``, rows ``i`` of ``z1`` and ``z2``, after L2 normalisation.  0 when every
-    pair maps to the same point; at most ``2**alpha``."""
+    pair maps to the same point; at most ``2**alpha``.
+
+    Example: orthogonal unit vectors are sqrt(2) apart, so alpha = 2 gives 2::
+
+        >>> import numpy as np
+        >>> from selfsup.eval.diagnostics.geometry import alignment
+        >>> round(alignment(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])), 6)
+        2.0
+    """
     a, b = _normalize_rows(as_array(z1)), _normalize_rows(as_array(z2))
     if a.shape != b.shape:
         raise ValueError(f"positive pairs need equal shapes, got {a.shape} and {b.shape}")

@@ -77,7 +77,7 @@ def transfer(encoder: torch.nn.Module, target, *, random_encoder: torch.nn.Modul
     ``target`` is a :class:`selfsup.data.Dataset` (or a spec for
     :func:`selfsup.data.create_dataset`) with labels and a test split; its images are
     adapted to the encoder (:func:`fit_images`).  The probe is
-    :func:`selfsup.linear.linear_probe_accuracy` (L2 chosen on a train split).  With
+    :func:`selfsup.eval.linear.linear_probe_accuracy` (L2 chosen on a train split).  With
     ``random_encoder`` (the same architecture at random initialisation) its accuracy is
     reported too, as the baseline the transfer has to beat.
     """
