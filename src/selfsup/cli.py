@@ -126,8 +126,8 @@ def _add_eval(sub) -> None:
 def _add_label_efficiency(sub) -> None:
     p = sub.add_parser("label-efficiency", help="pretrained vs scratch with few labels (several seeds)",
                        parents=[_text_reading()],
-                       description="The article's Example 3: for each label budget and seed, a stratified "
-                                   "subset of the training labels; pretrained + kNN / linear / fine-tune "
+                       description="Pretrained against scratch with few labels: for each label budget and "
+                                   "seed, a stratified subset of the training labels; pretrained + kNN / linear / fine-tune "
                                    "against the same backbone trained from scratch with the same labels and "
                                    "steps (text: also TF-IDF + logistic regression). Prints mean +- std; writes "
                                    "JSON, a Markdown table and a plot.")

@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0                      # seeds weights, data order and augmentations
     device: str = "auto"               # auto | cpu | cuda | cuda:1 | mps
     amp: bool = True                   # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX); false = fp32
-    compile: bool = False              # torch.compile the encoder (minutes of start-up; see the README's Speed section)
+    compile: bool = False              # torch.compile the encoder (a long start-up; docs/speed.md says when it pays)
     threads: int = 0                   # torch CPU threads (0 = torch's default)
     out_dir: str = "runs/latest"       # run directory: config, metrics, checkpoints
     checkpoint_every: int = 0          # also checkpoint every n steps (0 = only at epoch ends)
