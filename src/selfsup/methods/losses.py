@@ -198,7 +198,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, gather: Optiona
     gather whose backward all-reduces, e.g. the usual "GatherLayer").
 
     Args:
-        z1, z2: (N, D) projections of the two views, row i of both from the same image.
+        z1: (N, D) projections of the first views.
+        z2: (N, D) projections of the second views; row i of z1 and z2 from the same image.
         temperature: T > 0.
 
     Example: a batch of 4 identical embeddings gives ln(2N - 1) = ln 7::
@@ -325,8 +326,10 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     Each direction lies in [0, 4], so the total lies in [0, 8]; averaged over the batch.
 
     Args:
-        p1, p2: (N, D) online predictions of view 1 and view 2.
-        z1, z2: (N, D) target projections of view 1 and view 2 (detached here).
+        p1: (N, D) online predictions of view 1.
+        p2: (N, D) online predictions of view 2.
+        z1: (N, D) target projections of view 1 (detached here).
+        z2: (N, D) target projections of view 2 (detached here).
 
     Example::
 
@@ -457,7 +460,8 @@ def dino_loss(
         teacher_out: list of tensors (N, K), the teacher's outputs for the global crops
             (2 in DINO).  Detached here.
         center: (1, K) or (K,) running center of the teacher outputs.
-        student_temp, teacher_temp: T_s, T_t.
+        student_temp: T_s, the student's softmax temperature.
+        teacher_temp: T_t, the teacher's (sharper) softmax temperature.
 
     Example: 2 global and 2 local crops with uniform outputs over K = 16 give ln 16::
 
