@@ -25,10 +25,10 @@ class Registry:
         ...     return (255, 0, 0)
         >>> COLOURS.names(), COLOURS.help("red"), COLOURS.get("red")()
         (['red'], 'the colour red', (255, 0, 0))
-        >>> COLOURS.get("blue")
+        >>> COLOURS.get("rod")
         Traceback (most recent call last):
             ...
-        selfsup.errors.SelfSupError: unknown colour 'blue'; valid names: red
+        selfsup.errors.SelfSupError: unknown colour 'rod' (did you mean 'red'?); valid: red
     """
 
     def __init__(self, kind: str):
