@@ -13,25 +13,35 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from selfsup.config import RunConfig
+from selfsup.methods import METHODS as REGISTRY
+
 WORLD = 2
 BATCH = 8  # the global batch: 4 images per process
 
 
-METHODS = ["simclr", "moco", "byol", "dino", "mae", "autoencoder", "denoising_autoencoder", "mlm"]
-OPTIONS = {"moco": {"queue_size": 64}, "dino": {"out_dim": 64, "n_local": 2}}
+METHODS = REGISTRY.names()  # every registered method, also those added later
+OPTIONS = {"moco": {"queue_size": 64}, "dino": {"out_dim": 64, "n_local": 2}}  # smaller than the defaults
+# each method runs on its cpu preset's backbone (small_cnn unless the preset names one), made small
+BACKBONE_OPTIONS = {"small_cnn": {"width": 4}, "vit_mae_tiny": {"patch_size": 4, "depth": 1},
+                    "bert": {"max_length": 16, "layers": 1, "hidden": 32, "heads": 2}}
+
+
+def backbone_of(method: str) -> str:
+    return REGISTRY.get(method).presets.get("cpu", {}).get("backbone", RunConfig().backbone)
 
 
 def build(method: str):
     from selfsup.methods import create_method
-    from selfsup.models import create_backbone
+    from selfsup.models import create_backbone, modality
 
     torch.manual_seed(0)
-    if method == "mlm":
-        enc = create_backbone("bert", tokenizer=tokens()[1], max_length=16, layers=1, hidden=32, heads=2)
-    elif method == "mae":
-        enc = create_backbone("vit_mae_tiny", in_chans=3, image_size=16, patch_size=4, depth=1)
+    name = backbone_of(method)
+    options = BACKBONE_OPTIONS.get(name, {})
+    if modality(name) == "text":
+        enc = create_backbone(name, tokenizer=tokens()[1], **options)
     else:
-        enc = create_backbone("small_cnn", in_chans=3, image_size=16, width=4)
+        enc = create_backbone(name, in_chans=3, image_size=16, **options)
     m = create_method(method, enc, OPTIONS.get(method, {}), image_size=16, channels=3)
     m.setup_schedules(10, 5)
     # float64 so that the only difference left is the order of sums; BatchNorm on running
@@ -61,8 +71,8 @@ def fixed_views(module, setattr=setattr):
 
 
 def module(method: str) -> str:
-    """The file a method lives in."""
-    return "autoencoder" if method == "denoising_autoencoder" else method
+    """The module a method's class lives in."""
+    return REGISTRY.get(method).__module__
 
 
 def tokens():
@@ -79,7 +89,7 @@ def _text_options():
 
 
 def batch(method: str) -> torch.Tensor:
-    if method == "mlm":
+    if REGISTRY.get(method).modality == "text":
         return tokens()[0]
     return torch.rand(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
@@ -113,7 +123,7 @@ def worker(rank: int, method: str, init_file: str, out: str) -> None:
 
     join(rank, init_file)
     try:
-        fixed_views(importlib.import_module(f"selfsup.methods.{module(method)}"))
+        fixed_views(importlib.import_module(module(method)))
         m = build(method)
         step = distributed.training_step(m, torch.device("cpu"))
         share = BATCH // WORLD
@@ -128,7 +138,7 @@ def worker(rank: int, method: str, init_file: str, out: str) -> None:
 def test_two_processes_match_one_on_the_joint_batch(method, tmp_path, monkeypatch):
     import importlib
 
-    fixed_views(importlib.import_module(f"selfsup.methods.{module(method)}"), monkeypatch.setattr)  # undone after
+    fixed_views(importlib.import_module(module(method)), monkeypatch.setattr)  # undone after
     m = build(method)
     loss, _ = m.training_step(batch(method), generator(method, m, 0, BATCH))
     loss.backward()
