@@ -93,7 +93,8 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
                     run.save()
                     raise SelfSupError(f"stopped by {stop.requested or 'a signal'} after step {run.step}; checkpoint "
                                        f"saved, continue with --resume --out {run_dir}")
-        run.save()
+        if run.saved_step != run.step:  # a run that ends at an epoch boundary has just saved
+            run.save()
     finally:  # also on a stop or an error: the bar ends its line, TensorBoard flushes
         run.close()
     run.summarize()
@@ -140,6 +141,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.aug_gen = torch.Generator().manual_seed(tc.seed)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint this call wrote
         self.ckpt_path = run_dir / CHECKPOINT
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history: list[dict[str, float]] = []
@@ -307,6 +309,7 @@ class Trainer:
         if distributed.any_rank(bad is not None, self.device):
             raise SelfSupError(f"{bad or 'a tensor on another rank'} became non-finite by step {self.step}; stopped "
                                f"before writing, {self._last_good()}; lower optim.base_lr or set optim.clip_grad")
+        self.saved_step = self.step
         if not self.world.is_main:
             return
         atomic_save({
