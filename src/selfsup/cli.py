@@ -315,6 +315,8 @@ def cmd_export(a) -> None:
         recipe = json.loads(how.read_text())
         print("load it with:\n  " + "\n  ".join([*recipe["build"], recipe["load"]]))
         print(f"input: {recipe['input']}; mean {recipe['mean']}, std {recipe['std']} (also in {how})")
+    if path.is_dir() and hasattr(enc, "usage"):  # a Hugging Face folder: which output is the embedding
+        print(enc.usage().split("\n\n", 1)[1].strip())
 
 
 def cmd_report(a) -> None:

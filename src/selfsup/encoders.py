@@ -74,7 +74,9 @@ def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = N
             raise SelfSupError(f"backbone {encoder.name!r} is not a {format} model; export it with --format {other}")
         recipe = net.recipe()
         how = {"library": format, "build": recipe["build"],
-               "load": f"m.load_state_dict(safetensors.torch.load_file({str(path)!r}))",
+               # eval(): BatchNorm's running statistics and no dropout; in train mode the outputs
+               # differ and every forward pass changes the BatchNorm statistics
+               "load": f"m.load_state_dict(safetensors.torch.load_file({str(path)!r})); m.eval()",
                "input": f"[0, 1] images (N, C, H, W), then (x - mean) / std per channel; {recipe['input']}",
                "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist(),
                "output": f"(N, {encoder.num_features}) features, the classifier removed"}

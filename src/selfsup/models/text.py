@@ -100,7 +100,18 @@ class TextEncoder(nn.Module):
         self.bert.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(folder)
         (folder / SELFSUP_FILE).write_text(json.dumps({"pooling": self.pooling, "max_length": self.max_length}))
+        (folder / "README.md").write_text(self.usage())
         return folder
+
+    def usage(self) -> str:
+        """How to get this encoder's embedding from the exported folder with plain transformers."""
+        pooled = ("the mean of last_hidden_state over the real tokens (attention_mask == 1)" if self.pooling == "mean"
+                  else "last_hidden_state[:, 0], the [CLS] token")
+        return ("# A selfsup text encoder\n\n"
+                "Load with `transformers.AutoModel.from_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)`"
+                f", then `model.eval()`. The embedding selfsup trained and evaluated is {pooled}, with at most "
+                f"{self.max_length} tokens per text. `pooler_output` is NOT part of it: BERT's pooler was never "
+                "trained here, transformers initialises it at random on load.\n")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, pooling: str | None = None,

@@ -1,0 +1,56 @@
+"""Issue 26, cases 9 and 11: every size and option a user or a file can ask for is
+bounded or checked before anything is allocated, and the loading recipes printed for
+exports give the encoder's outputs when followed literally."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import selfsup
+from tests.test_cli import assert_one_line_error, run_cli
+
+
+def test_the_printed_torchvision_recipe_followed_literally_gives_the_encoders_outputs(tmp_path, capsys, one_thread):
+    """The recipe must put the model in eval mode: in train mode BatchNorm uses the batch's
+    statistics (different outputs) and every forward pass changes its running statistics."""
+    torch.manual_seed(0)
+    enc = selfsup.models.create_backbone("resnet18", in_chans=3, image_size=32).eval()
+    for m in enc.modules():  # running statistics far from a batch's own, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    selfsup.export_encoder(enc, tmp_path / "e.safetensors")
+    code, out, err = run_cli(capsys, "export", str(tmp_path / "e.safetensors"), "--format", "torchvision",
+                             "--out", str(tmp_path / "tv.safetensors"))
+    assert code == 0, err
+    printed = out.split("load it with:\n", 1)[1].split("\ninput:", 1)[0]
+    scope: dict = {}
+    exec("import torch, torchvision, safetensors.torch\n" + "\n".join(line.strip() for line in printed.splitlines()),
+         scope)  # noqa: S102 -- our own recipe
+    how = json.loads((tmp_path / "tv.json").read_text())
+    mean, std = torch.tensor(how["mean"]).view(1, 3, 1, 1), torch.tensor(how["std"]).view(1, 3, 1, 1)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        theirs = scope["m"]((x - mean) / std)
+        ours = selfsup.load_encoder(tmp_path / "e.safetensors", device="cpu")(x)
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_a_hugging_face_export_says_which_output_is_the_embedding(tmp_path, capsys, one_thread):
+    from selfsup.models import create_backbone
+
+    enc = create_backbone("bert", tokenizer=_tiny_tokenizer(tmp_path), layers=1, hidden=32, heads=2, max_length=16)
+    selfsup.export_encoder(enc, tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "attention_mask" in card and "pooler_output" in card and "model.eval()" in card
+    code, out, err = run_cli(capsys, "export", str(tmp_path / "hf"), "--out", str(tmp_path / "hf2"))
+    assert code == 0, err
+    assert "mean of last_hidden_state over the real tokens" in out and "`pooler_output` is NOT" in out
+
+
+def _tiny_tokenizer(tmp_path):
+    from selfsup.data.tokenizer import Tokenizer
+
+    return Tokenizer.train(["the cat sat on the mat", "a dog ran in the park"] * 20, vocab_size=64)
