@@ -54,3 +54,50 @@ def _tiny_tokenizer(tmp_path):
     from selfsup.data.tokenizer import Tokenizer
 
     return Tokenizer.train(["the cat sat on the mat", "a dog ran in the park"] * 20, vocab_size=64)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--set", "backbone_cfg.nosuch=1"], ["backbone 'small_cnn' has no option 'nosuch'", "width"]),
+    (["--set", "backbone_cfg.widht=8"], ["did you mean backbone_cfg.width?"]),
+    (["--set", "train.threads=100000"], ["train.threads must be", "at most"]),
+    (["--image-size", "100000"], ["data.image_size=100000 needs about", "choose a smaller data.image_size"]),
+    (["--method", "mlm", "--max-length", "100000000"], ["data.max_length=100000000 needs about"]),
+], ids=["backbone-option", "backbone-typo", "threads", "image-size", "max-length"])
+def test_bad_or_huge_options_are_one_line_errors_before_anything_is_read(args, needles, capsys, tmp_path,
+                                                                         monkeypatch):
+    import selfsup.api
+
+    monkeypatch.setattr(selfsup.api, "load_data", lambda *a, **k: pytest.fail("data read before the check"))
+    code, _, err = run_cli(capsys, "pretrain", *args, "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("yaml_text,needles", [
+    ("train: 5\n", ["'train' is a section of options", "train.epochs"]),
+    ("method_cfg: 3\n", ["'method_cfg' takes a mapping"]),
+    ("backbone_cfg: {width: wide}\n", ["'backbone_cfg.width' takes a number, not 'wide'"]),
+], ids=["section", "mapping", "typed"])
+def test_a_yaml_config_of_the_wrong_shape_is_a_one_line_error(yaml_text, needles, capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, *needles)
+
+
+def test_backbone_options_get_their_defaults_type(tmp_path):
+    from selfsup.api import build_config
+
+    cfg = build_config("simclr", overrides={"backbone_cfg.width": "8"})  # as a YAML string
+    assert cfg.backbone_cfg == {"width": 8}
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--k", "-5", "--k must be a whole number of neighbours, at least 1"),
+    ("--k", "0", "--k must be a whole number of neighbours, at least 1"),
+    ("--temperature", "0", "--temperature must be positive"),
+])
+def test_knn_options_that_would_give_wrong_accuracies_are_refused(flag, value, needle, capsys, tmp_path):
+    enc = selfsup.models.create_backbone("small_cnn", in_chans=1, image_size=8, width=4)
+    selfsup.export_encoder(enc, tmp_path / "e.safetensors")
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "e.safetensors"), "--data", "digits", flag, value)
+    assert_one_line_error(code, err, needle)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import difflib
 import json
 import operator
 import os
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from selfsup import distributed
-from selfsup.config import RunConfig, apply_overrides, from_dict, load_yaml, parse_overrides, read_run_config
+from selfsup.config import RunConfig, apply_overrides, coerce, from_dict, load_yaml, parse_overrides, read_run_config
 from selfsup.data import Dataset, as_dataset, hold_out_test
 from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
@@ -93,7 +94,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     from selfsup.data import DATASETS
 
     method_config(cfg.method, cfg.method_cfg)
-    backbone_builder(cfg.backbone)
+    cfg.backbone_cfg = backbone_options(cfg.backbone, cfg.backbone_cfg)
     if not cfg.data.source.startswith(PYTHON_SOURCE):
         DATASETS.get(cfg.data.source.partition(":")[0])
     OPTIMIZERS.get(cfg.optim.name)
@@ -109,7 +110,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (o.clip_grad >= 0, "optim.clip_grad", "at least 0 (0 = off)"), (o.eps > 0, "optim.eps", "positive"),
         (0 <= o.momentum < 1, "optim.momentum", "in [0, 1)"), (all(0 <= b < 1 for b in o.betas), "optim.betas", "in [0, 1)"),
         (t.epochs >= 1, "train.epochs", "at least 1"), (t.batch_size >= 1, "train.batch_size", "at least 1"),
-        (t.threads >= 0, "train.threads", "at least 0 (0 = torch's default)"),
+        (0 <= t.threads <= CORES, "train.threads", f"at least 0 (0 = torch's default) and at most {CORES}, the "
+                                                     "cores this machine has"),
         (t.log_every >= 1, "train.log_every", "at least 1"),
         (t.monitor_every >= 0, "train.monitor_every", "at least 0 (0 = off)"),
         (t.monitor_samples >= 2, "train.monitor_samples", "at least 2"),
@@ -122,7 +124,52 @@ def validate(cfg: RunConfig) -> RunConfig:
     for ok, option, must in rules:
         if not ok:
             raise SelfSupError(f"{option} must be {must}, got {operator.attrgetter(option)(cfg)}")
+    # the largest tensors these sizes ask for, before anything is allocated: a batch of
+    # views in float32 (images) or one layer's attention scores per head (text)
+    if d.image_size is not None:
+        _must_fit(t.batch_size * 2 * 3 * d.image_size ** 2 * 4, "data.image_size", d.image_size)
+    _must_fit(t.batch_size * d.max_length ** 2 * 4, "data.max_length", d.max_length)
     return cfg
+
+
+CORES = os.cpu_count() or 1
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 40  # unknown: no bound from it
+
+
+def _must_fit(nbytes: int, option: str, value: Any) -> None:
+    if nbytes > memory_bytes():
+        raise SelfSupError(f"{option}={value} needs about {nbytes / 2**30:.0f} GiB for one batch, more than this "
+                           f"machine's {memory_bytes() / 2**30:.0f} GiB; choose a smaller {option}")
+
+
+def backbone_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``backbone_cfg`` checked against the builder's keyword arguments (the closest one
+    named for a typo) and typed like their defaults, before any data is read."""
+    import inspect
+
+    params = inspect.signature(backbone_builder(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)  # timm:NAME / torchvision:NAME builders pass options on to the library
+    given = ("in_chans", "image_size", "tokenizer", "max_length", "mean", "std")  # set from the data
+    known = {n: p for n, p in params.items() if n not in given and p.kind is inspect.Parameter.KEYWORD_ONLY}
+    typed = {}
+    for key, value in options.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean backbone_cfg.{close[0]}?)" if close else ""
+            raise SelfSupError(f"backbone {name!r} has no option {key!r}{hint}; its options: "
+                               f"{', '.join(sorted(known)) or 'none'}")
+        default = known[key].default
+        typed[key] = value if default is inspect.Parameter.empty else coerce(
+            default, value, f"backbone_cfg.{key}", known[key].annotation)
+    return typed
 
 
 def versions() -> dict[str, Any]:
@@ -383,6 +430,11 @@ def evaluate(encoder: Encoder | str | Path, data: Any = "shapes", *, k: int = 20
     masked-token accuracy and perplexity against the unigram baseline), they are added
     under the method's name; such a run also evaluates on unlabeled data (those metrics
     only, on the test split, or the train split when there is none)."""
+    if not (isinstance(k, int) and k >= 1):
+        raise SelfSupError(f"--k must be a whole number of neighbours, at least 1, got {k}")
+    if not temperature > 0:
+        raise SelfSupError(f"--temperature must be positive (the kNN vote weights are exp(similarity / T)), "
+                           f"got {temperature}")
     enc = _as_encoder(encoder)
     ds = dataset_for(enc, data, text)
     method = _run_method(encoder)

@@ -108,9 +108,16 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
 def coerce(current: Any, value: Any, key: str, annotation: Any = "") -> Any:
     """Give ``value`` the type of the default it replaces (YAML already parsed it); a
     default of None takes the first type its field's ``annotation`` names (``int | None``)."""
+    if dataclasses.is_dataclass(current):
+        first = dataclasses.fields(current)[0].name
+        raise SelfSupError(f"{key!r} is a section of options, not a value; set one of them, e.g. {key}.{first}=...")
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise SelfSupError(f"option {key!r} takes a mapping of options (e.g. {key}.NAME=VALUE), not {value!r}")
+        return value
     if current is None:
         current = {"float": 0.0, "int": 0}.get(str(annotation).split(" ")[0])
-    if value is None or current is None or isinstance(current, dict):
+    if value is None or current is None:
         return value
     if isinstance(current, bool):
         if isinstance(value, bool):
