@@ -1,4 +1,4 @@
-"""MAE: masked autoencoders (He, Chen, Xie, Li, Dollar & Girshick 2021).
+"""MAE: masked autoencoders (He, Chen, Xie, Li, Dollar & Girshick 2021, arXiv 2111.06377).
 
 The image is cut into ``p x p`` patches; a random 75% of them are removed; a ViT encoder
 sees only the visible patches (plus a CLS token); a light decoder gets the encoded
@@ -8,12 +8,15 @@ removed patches only, against targets normalised per patch (``norm_pix_loss``).
 
 Following the authors' ``models_mae.py``:
 
-* patch vectors are ordered (p, q, c), channel fastest (:func:`selfsup.losses.patchify`);
-* fixed 2-D sin-cos position embeddings (:func:`sincos_pos_embed_2d`, not trained, a
-  buffer) are added to the patch tokens BEFORE masking; the CLS token's slot is zeros;
+* patch vectors are ordered (p, q, c), channel fastest
+  (:func:`selfsup.methods.losses.patchify`);
+* fixed 2-D sin-cos position embeddings (:func:`~selfsup.models.vit.sincos_pos_embed_2d`,
+  not trained, a buffer) are added to the patch tokens BEFORE masking; the CLS token's
+  slot is zeros;
 * masking keeps ``floor(L * (1 - mask_ratio))`` patches: per image, ``L`` uniforms are
   drawn, sorted, and the patches with the smallest noise are kept; ``ids_restore``
-  (the inverse permutation) puts the decoder tokens back in place;
+  (the inverse permutation) puts the decoder tokens back in place
+  (:func:`~selfsup.models.vit.random_masking`);
 * the decoder adds its own sin-cos position embeddings after unshuffling.
 
 Differences from the authors' code: the target is the patchified image in [0, 1]
@@ -23,36 +26,29 @@ images (128 wide, 2 blocks, 4 heads instead of 512, 8, 16).
 
 ``target`` chooses what a removed patch is predicted as: its pixels (MAE), its histogram
 of oriented gradients (``"hog"``: MaskFeat's target, Wei, Fan, Xie, Wu, Yuille &
-Feichtenhofer 2022; :func:`selfsup.losses.hog_targets`, normalised per patch, so it does
-not depend on colour or contrast) or both (``"pixels+hog"``: the decoder predicts both, the
-loss is the HOG loss plus ``pixel_weight`` times the pixel loss); ``"auto"`` is both from
-16 px up and pixels alone below.  The ``cpu`` preset takes ``"auto"`` with ``pixel_weight``
-0.3: on images whose object is a few percent of the pixels on a coloured, cluttered
-background, a pixel loss is spent on the background, and MAE's kNN stayed at its
-random-init level.  Seed 0, one thread, kNN / linear (random init):
+Feichtenhofer 2022; :func:`selfsup.methods.losses.hog_targets`, normalised per patch, so
+it does not depend on colour or contrast) or both (``"pixels+hog"``: the decoder predicts
+both, the loss is the HOG loss plus ``pixel_weight`` times the pixel loss); ``"auto"`` is
+both from 16 px up and pixels alone below.  The ``cpu`` preset takes ``"auto"`` with a
+small ``pixel_weight``.  Why: on images whose object is a few percent of the pixels on a
+coloured, cluttered background, a pixel loss is spent on the background and MAE's frozen
+features stayed at their random-init level, while HOG describes shape; HOG alone,
+though, drops what the pixels keep (intensity, colour) and lost linear-probe accuracy on
+sources where those matter, so the pixels stay in with a small weight.  At 8 px (four
+2 px patches a side; the image is its object, with no background) adding HOG even at that
+weight left the linear probe at its random-init level, so there the preset keeps the
+pixels alone.  The measurements behind these choices (per source and seed, against random
+initialisation) are in docs/results.md.
 
-    source (role)               pixels         hog            both, w=1      both, w=0.3    both, w=0.1
-    photo_digits 16 px (check)  0.143 / 0.300  0.169 / 0.318  0.140 / 0.328  0.171 / 0.338  0.176 / 0.358  (0.122 / 0.231)
-    glyph twin 32 px (tune)     0.108 / 0.201  0.147 / 0.232  0.131 / 0.243  -              -              (0.108 / 0.118)
-    digits 8 px (tune)          0.794 / 0.925  0.722 / 0.903  0.789 / 0.933  0.811 / 0.917  0.772 / 0.919  (0.472 / 0.911)
-    shapes 16 px (tune)         0.235 / 0.413  0.259 / 0.327  0.223 / 0.410  -              -              (0.150 / 0.242)
-
-HOG alone lost the linear probe on `digits` (3 seeds: 0.911 against random init's 0.916)
-and much of it on 16 px `shapes` (seeds 0 / 1: 0.320 against pixels' 0.403); the pixels
-keep what HOG drops (intensity, colour).  Both at w=0.3 still left `digits`' linear probe at
-random init's level (3 seeds: 0.914 against 0.916; kNN 0.791 against pixels' 0.760), so at
-8 px (four 2 px patches a side; the image is its object, with no background) the preset
-keeps the pixels alone.
-The glyph twin is ``benchmarks/tune_twin.py``'s, so ``glyphs`` stays held out.
-
-The encoder contract: ``self.encoder`` is an :class:`~selfsup.models.Encoder` around
-:class:`MAEViT`, registered in :mod:`selfsup.models.vit` as the backbones ``vit_mae_tiny`` and ``vit_mae_small``;
-its ``forward(x)`` sees the full image (no masking) and returns the CLS token after the
-final norm, the representation MAE's linear probe uses.  MAE is weak under kNN and linear
-evaluation by design; it shines under fine-tuning (REFERENCE section 5).  Measured on
-shapes with the CPU preset's depth-4 128-d encoder and 2000 images: at 16 px kNN of the
-CLS token goes 0.150 -> 0.158 after 40 epochs and -> 0.220 after 80 (1250 steps); at
-32 px it stays at its random-init level after 20 epochs: frozen MAE features improve late.
+The encoder contract: ``self.encoder`` is an :class:`~selfsup.models.Encoder` around a
+:class:`~selfsup.models.vit.ViT` (``forward_masked``); ``vit_mae_tiny`` and
+``vit_mae_small`` are its MAE configuration (fixed sin-cos positions, MAE's init), the
+learned-position ``vit_tiny`` / ``vit_small`` work too.  The encoder's ``forward(x)``
+sees the full image (no masking) and returns the CLS token after the final norm, or with
+``pool="mean"`` (the ``cpu`` preset) the mean of the patch tokens.  MAE is weak under kNN
+and linear evaluation by design and shines under fine-tuning (He et al. 2021, section 4.3,
+partial fine-tuning); at CPU scale its frozen features improve late, after many steps,
+which is why the ``cpu`` preset trains long with small batches.
 """
 from __future__ import annotations
 
@@ -67,7 +63,7 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.base import METHODS, Method, normalized_std
 from selfsup.methods.losses import hog_targets, mae_loss, patchify, unpatchify
 from selfsup.models import eval_mode
-from selfsup.models.vit import MAEViT, vit_blocks, mae_init_weights, sincos_pos_embed_2d
+from selfsup.models.vit import ViT, mae_init_weights, sincos_pos_embed_2d, vit_blocks
 
 MAE_BACKBONES = ("vit_mae_tiny", "vit_mae_small")
 TARGETS = ("pixels", "hog", "pixels+hog", "auto")
@@ -120,22 +116,17 @@ class MAEConfig:
 class MAE(Method):
     Config = MAEConfig
     presets = {
-        # About 7 s per epoch of 2000 16 px shapes on one thread (benchmarks/results/methods.json).
-        # base_lr is 20x the paper's: in a few thousand steps the paper's 1.5e-4 barely
-        # moves the loss; kNN gains appear only after ~1000 steps, so small data needs small
-        # batches: after 30 epochs (seed 0) kNN on digits 0.622 / 0.697 / 0.803 at batch
-        # 128 / 64 / 32 (random init 0.478), on 16 px shapes 0.170 / 0.207 / 0.216 (random
-        # init 0.162), in about the same time; mask ratio 0.5 was no better (0.558 / 0.194).
-        # The representation is the mean of the patch tokens (linear probe 0.278 against 0.232
-        # for the CLS token after 30 epochs of 3000 32 px shapes).  Raw-pixel targets (the
-        # patches of these small images are few pixels, often flat): without per-patch
-        # normalisation the linear probe on 16 px shapes rose 0.275 / 0.252 -> 0.325 / 0.324
-        # (seeds 0 / 1), on digits 0.933 / 0.900 -> 0.908 / 0.928.  4 px patches on 8 px
-        # digits (a 2x2 grid) were worse (kNN 0.822 below that backbone's random init
-        # 0.881).  60 epochs rather than 30: kNN / linear (seed 0) on digits 0.781 / 0.908 ->
-        # 0.794 / 0.925, on 16 px shapes 0.216 / 0.325 -> 0.252 / 0.336 (4 px patches, then
-        # the default at 16 px; 2 px ones learn more at 4x the time: models/vit.py).  The
-        # target, HOG + 0.3 x pixels from 16 px up and pixels below: the module docstring.
+        # Why (measurements in docs/results.md): base_lr is 20x the paper's, because in a few
+        # thousand steps the paper's barely moves the loss; MAE's kNN gains appear only after
+        # many steps, so small data needs small batches (more steps per epoch) and 60 epochs
+        # rather than 30; a mask ratio of 0.5 was no better than 0.75.  The representation is
+        # the mean of the patch tokens, which a linear probe read better than the CLS token.
+        # Raw-pixel targets (no norm_pix_loss): these images' patches are few pixels, often
+        # flat, and without the per-patch normalisation the linear probe on 16 px shapes
+        # rose (on digits it was mixed).  4 px patches on 8 px digits (a 2x2 grid) fell below
+        # random init; at 16 px the default 2 px patches learn more than 4 px ones, at four
+        # times the tokens (models/vit.py).  The target, HOG + 0.3 x pixels from 16 px up
+        # and pixels below: the module docstring.
         "cpu": {"backbone": "vit_mae_tiny", "backbone_cfg.depth": 4, "backbone_cfg.embed_dim": 128,
                 "backbone_cfg.num_heads": 4, "backbone_cfg.pool": "mean", "method_cfg.decoder_dim": 64,
                 "method_cfg.decoder_depth": 1, "method_cfg.decoder_heads": 2, "method_cfg.norm_pix_loss": False,
@@ -153,8 +144,9 @@ class MAE(Method):
     def __init__(self, encoder, cfg: MAEConfig, *, image_size: int, channels: int):
         super().__init__(encoder, cfg, image_size=image_size, channels=channels)
         net = encoder.net
-        if not isinstance(net, MAEViT):
-            raise SelfSupError(f"mae needs backbone {' or '.join(MAE_BACKBONES)}; got {encoder.name or type(net).__name__}")
+        if not isinstance(net, ViT):
+            raise SelfSupError(f"mae needs backbone {' or '.join(MAE_BACKBONES)}; got "
+                               f"{encoder.name or type(net).__name__} (vit_tiny / vit_small work too)")
         if not 0.0 <= cfg.mask_ratio < 1.0:
             raise SelfSupError(f"mask_ratio must be in [0, 1), got {cfg.mask_ratio}")
         self.patch_size = net.patch_size

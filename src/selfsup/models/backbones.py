@@ -7,8 +7,13 @@ representation ``h`` of shape ``(N, num_features)``: the vector every evaluation
 ``kwargs`` (enough to rebuild it) and ``data_options()`` (what a data source needs to
 give it its input).  Builders take ``in_chans`` and
 ``image_size`` so the same name works for 8 px digits, 32 px shapes and 224 px photos.
-Vision transformers also offer ``forward_tokens(x) -> (N, 1 + L, D)`` (CLS first) and
-``patch_size`` for methods and pictures that need patch tokens.
+The vision transformers (all four are :class:`selfsup.models.vit.ViT`) also offer
+``forward_tokens(x) -> (N, 1 + L, D)`` (CLS first), ``forward_masked`` (MAE's encoder
+pass) and ``patch_size`` for methods and pictures that need patch tokens.
+
+Backbones that are a library's own model (:class:`LibraryNet`: torchvision, timm, and
+the ViTs, which are timm's ``VisionTransformer``) add ``library_model`` and ``recipe()``,
+so that their weights export as that library's plain state dict.
 
 :class:`Encoder` wraps a backbone with the input normalisation, so an exported encoder
 takes plain ``[0, 1]`` images and needs nothing else to be used.
@@ -168,7 +173,11 @@ CLASSIFIER_NAMES = ("fc", "classifier", "heads", "head")  # where torchvision ke
 
 class LibraryNet(nn.Module):
     """Base of the backbones that are a library's own model (``library_model``): they
-    export that model's plain state dict and say how to rebuild and feed it (``recipe``)."""
+    export that model's plain state dict and say how to rebuild and feed it: ``recipe()``
+    is ``{"build": [...], "input": ...}``, the lines of Python that build the model as
+    ``m`` and what ``m`` takes.  Like every backbone they have ``num_features``;
+    ``forward(x)`` equals the rebuilt library model's output on ``x`` fed as ``"input"``
+    says."""
 
     library = ""  # "torchvision" or "timm"
 
