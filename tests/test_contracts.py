@@ -67,11 +67,7 @@ CASE_IDS = [f"{name}-{preset}" for name, preset in CASES]
 
 # Bugs in src these tests found, by test and case: each is an xfail(strict=True), so the
 # fix turns it into a failure that asks for its entry here to be removed.
-KNOWN_BUGS = {
-    ("min_batch_size", "dino-cpu"): "DINO declares min_batch_size 1, but the cpu preset's KoLeo term (koleo_weight "
-                                    "0.5) needs two images per crop: koleo_loss raises ValueError at batch 1, a "
-                                    "batch the engine accepts",
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}  # (test, case id) -> why; each case is a strict xfail
 
 
 def cases(test: str) -> list:

@@ -188,6 +188,8 @@ class DINO(Method):
                                "must be positive")
         if cfg.koleo_on not in ("backbone", "head"):
             raise SelfSupError(f"DINO koleo_on must be 'backbone' or 'head', got {cfg.koleo_on!r}")
+        if cfg.koleo_weight:
+            self.min_batch_size = 2  # KoLeo needs a nearest neighbour within each crop's batch
         self.head = DINOHead(encoder.num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
                              cfg.head_layers, cfg.head_bn, cfg.norm_last_layer)
         # The teacher: a copy of the student that only ever changes by EMA.
