@@ -40,6 +40,7 @@ def run_config(tmp_path, **train) -> RunConfig:
     cfg = RunConfig(method="dino")
     cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 16, False
     cfg.train.out_dir = str(tmp_path)
+    cfg.train.device = "cpu"  # the tests compare with tensors kept on the CPU, also where a GPU is present
     cfg.optim.warmup_epochs = 1
     for k, v in train.items():
         setattr(cfg.train, k, v)

@@ -52,6 +52,7 @@ def test_fast_layout_keeps_values_and_makes_convolutions_channels_last():
 
 def train_tiny(tmp_path, **train):
     m, cfg = tiny_setup(tmp_path, **train)
+    cfg.train.device = "cpu"  # the CPU's precision is what these tests check, also where a GPU is present
     lines = []
     engine.train(m, images(), cfg, tmp_path, log=lines.append)
     return m, lines, checkpoint.load_checkpoint(tmp_path)
