@@ -35,10 +35,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -318,6 +320,51 @@ def walk_files(directory: Path, keep: Callable[[str], bool]) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # prunes and orders the walk
         found += [Path(parent, f) for f in filenames if keep(f)]
     return sorted(found)
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for binary reading, following links; anything but a regular file
+    is refused with an OSError saying what it is, without being opened: a FIFO would block
+    the read forever (no Ctrl-C gets through), a device may never end.  A dangling link or
+    a link loop is an OSError that says so.  The file is opened non-blocking and checked
+    again, in case it was swapped for a FIFO after the first check.  The OSError's
+    ``strerror`` is the reason alone, e.g. ``not a regular file (a FIFO)``."""
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link loop", str(path)) from None
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            raise OSError(errno.ENOENT, f"a link to a missing file ({os.readlink(path)})", str(path)) from None
+        raise
+    if kind is not None:
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+    return open(path, "rb", opener=_open_checked)
+
+
+def _open_checked(path: str, flags: int) -> int:
+    """``os.open`` that cannot block on a FIFO and returns only a regular file's descriptor."""
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0) | nonblock)
+    try:
+        kind = _not_regular(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", path)
+        if nonblock:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def default_cache_dir() -> Path:

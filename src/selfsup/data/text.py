@@ -13,8 +13,10 @@ Reading rules: a ``.txt`` file is one sample per non-empty line (``unit="file"``
 per file); ``.jsonl`` / ``.csv`` rows give their ``text_column`` and, when present, their
 ``label_column``; a folder takes every such file under it, and a file's sub-folder (under
 ``train/`` and ``test/`` when those exist) names its class.  Files that are binary or not
-UTF-8 are skipped and counted in one warning (an error with ``strict``); a sample longer
-than ``max_length`` tokens is truncated and counted, never an error.
+UTF-8 are skipped and counted in one warning (an error with ``strict``), and so are files
+that cannot be read: not regular files (a FIFO, a device: never opened), dangling links,
+link loops.  A sample longer than ``max_length`` tokens is truncated and counted, never an
+error.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from selfsup.data import DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir, walk_files
+from selfsup.data import (DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir, open_regular,
+                          walk_files)
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.errors import SelfSupError
 from selfsup.files import atomic_write_text
@@ -165,11 +168,15 @@ def labelled(texts: list[str], labels: list[Any], ids: list[str]) -> RawText:
 
 
 class Unreadable(Exception):
-    """A file that is binary or not UTF-8."""
+    """A file that is binary, not UTF-8, or cannot be read (not a regular file, a broken link)."""
 
 
 def _decode(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        with open_regular(path) as fh:  # a FIFO or device is refused, not read
+            data = fh.read()
+    except OSError as err:
+        raise Unreadable(f"unreadable: {err.strerror or err}") from None
     if b"\x00" in data[:8192]:
         raise Unreadable("binary (NUL bytes)")
     try:

@@ -1,0 +1,140 @@
+"""Hostile input files (issue 26, part two): FIFOs, broken links, files replaced in place,
+huge CSV cells, folders too small to hold out a test split, an empty tokenizer and a
+pickled ``--init`` model.  Each ends in a skipped-and-counted file or a one-line error,
+never a hang, a traceback or a NaN."""
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.data import create_dataset, folder
+from selfsup.errors import SelfSupError
+
+from test_cli import assert_one_line_error, run_cli
+
+HANG = 20  # seconds after which a read that should never block counts as hung
+
+
+def _images(root, n=4, size=8, fmt="png"):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(root / f"img{i}.{fmt}")
+    return root
+
+
+def _without_hanging(fn, fifos=()):
+    """``fn()``'s result and warnings, failing (not hanging) when it blocks for HANG seconds;
+    a reader stuck on one of ``fifos`` is then released by opening it for writing."""
+    result = {}
+
+    def target():
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result["value"] = fn()
+            result["warnings"] = [str(w.message) for w in caught]
+        except BaseException as err:  # handed to the test's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    if thread.is_alive():
+        for fifo in fifos:  # a writer that opens and closes gives the blocked reader an end of file
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        thread.join(HANG)
+        pytest.fail(f"reading the data blocked for {HANG} s (a FIFO was opened)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"], result["warnings"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_case_4_a_fifo_is_skipped_and_a_half_built_cache_is_cleaned(tmp_path, monkeypatch):
+    root = _images(tmp_path / "imgs")
+    os.mkfifo(root / "pipe.png")
+    cache_dir = tmp_path / "cache"
+    # a build killed before it finished left its temporary folder behind
+    target = folder._cache_folder(root.resolve(), 16, cache_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = target.with_name(f"{target.name}.tmp{dead.pid}")
+    (leftover / "train.u8").parent.mkdir(parents=True)
+    (leftover / "train.u8").write_bytes(b"\0" * 100)
+
+    ds, messages = _without_hanging(
+        lambda: create_dataset(f"folder:{root}", image_size=16, cache_dir=cache_dir, progress=False),
+        fifos=[root / "pipe.png"])
+    assert len(ds.train) == 4
+    assert any("skipped 1 unreadable" in m and "pipe.png" in m and "not a regular file" in m for m in messages), \
+        messages
+    assert not leftover.exists()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    with pytest.raises(SelfSupError, match="pipe.png"):
+        _without_hanging(lambda: create_dataset(f"folder:{root}", image_size=16, cache_dir=cache_dir,
+                                                strict=True, progress=False), fifos=[root / "pipe.png"])
+
+    # a build interrupted part-way (Ctrl-C) leaves no half-built folder
+    (root / "img4.png").write_bytes((root / "img0.png").read_bytes())
+    decode, calls = folder._try_decode, []
+
+    def interrupted(file, size):
+        calls.append(file)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return decode(file, size)
+
+    monkeypatch.setattr(folder, "_try_decode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        create_dataset(f"folder:{root}", image_size=16, cache_dir=cache_dir, progress=False)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+    # a text folder skips a FIFO the same way
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text("one line\nanother line\n")
+    os.mkfifo(text / "pipe.txt")
+    ds, messages = _without_hanging(lambda: create_dataset(f"text:{text}", cache_dir=cache_dir),
+                                    fifos=[text / "pipe.txt"])
+    assert len(ds.train) == 2 and any("skipped 1 unreadable" in m and "pipe.txt" in m for m in messages), messages
+
+
+def test_case_8_dangling_and_looping_links_are_skipped_and_counted(capsys, tmp_path):
+    root = _images(tmp_path / "imgs")
+    (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable .*(dangling|loop)\.png"):
+        ds = create_dataset(f"folder:{root}", image_size=8, cache_dir=tmp_path / "cache", progress=False)
+    assert len(ds.train) == 4
+    with pytest.raises(SelfSupError, match=r"(dangling|loop)\.png"):
+        create_dataset(f"folder:{root}", image_size=8, cache_dir=tmp_path / "cache", progress=False, strict=True)
+    # labelled: a broken link among the class folders is skipped too
+    labelled = tmp_path / "labelled"
+    _images(labelled / "a", n=2)
+    _images(labelled / "b", n=2)
+    (labelled / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable .*gone\.png"):
+        ds = create_dataset(f"folder:{labelled}", image_size=8, cache_dir=tmp_path / "cache", progress=False)
+    assert len(ds.train) == 4 and ds.train.classes == ["a", "b"]
+    # text folders likewise
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text("one line\nanother line\n")
+    (text / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")
+    (text / "loop.txt").symlink_to(text / "loop.txt")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable file\(s\)"):
+        ds = create_dataset(f"text:{text}", cache_dir=tmp_path / "cache")
+    assert len(ds.train) == 2
