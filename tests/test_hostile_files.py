@@ -112,6 +112,32 @@ def test_case_4_a_fifo_is_skipped_and_a_half_built_cache_is_cleaned(tmp_path, mo
     assert len(ds.train) == 2 and any("skipped 1 unreadable" in m and "pipe.txt" in m for m in messages), messages
 
 
+def test_case_5_an_image_replaced_in_place_with_size_and_mtime_kept_is_cached_again(tmp_path):
+    root = _images(tmp_path / "imgs", fmt="bmp")  # BMP: the same size in bytes whatever the pixels
+    cache_dir = tmp_path / "cache"
+    first = create_dataset(f"folder:{root}", image_size=8, cache_dir=cache_dir, progress=False)
+    target = root / "img0.bmp"
+    idx = list(first.train.ids).index("img0.bmp")
+    for value, how in ((255, "rewritten"), (7, "renamed")):
+        before = os.stat(target)
+        new = tmp_path / "new.bmp"
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(new)
+        assert new.stat().st_size == before.st_size
+        if how == "rewritten":  # same file (inode), new bytes
+            with open(target, "r+b") as f:
+                f.write(new.read_bytes())
+        else:  # a new file renamed over the old one
+            os.replace(new, target)
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(target)
+        assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = create_dataset(f"folder:{root}", image_size=8, cache_dir=cache_dir, progress=False)
+        assert any("changed since it was cached" in str(w.message) for w in caught), how
+        np.testing.assert_array_equal(again.train.read([idx])[0], np.full((8, 8, 3), value, np.uint8))
+
+
 def test_case_8_dangling_and_looping_links_are_skipped_and_counted(capsys, tmp_path):
     root = _images(tmp_path / "imgs")
     (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")

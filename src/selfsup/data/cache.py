@@ -15,9 +15,10 @@ per record), ``SPLIT.labels.npy`` and ``SPLIT.ids.npy``, plus ``manifest.json`` 
 last.  It is built in a temporary folder and renamed into place, so a build that dies
 leaves no cache that looks whole; a build that fails or is interrupted removes its
 temporary folder, and one left by a killed process is removed by the next build.  On
-opening, the manifest's fingerprint of the source files (path, size, modification time)
-must match, every file must have its expected size and a sample of records must match
-their CRCs; every record read later is checked against its CRC too.
+opening, the manifest's fingerprint of the source files (path, size, modification and
+status-change times, inode) must match, every file must have its expected size and a
+sample of records must match their CRCs; every record read later is checked against its
+CRC too.
 """
 from __future__ import annotations
 
@@ -99,9 +100,12 @@ class RecordFile(Store):
 
 
 def fingerprint(files: Iterable[Path]) -> str:
-    """A hash of each file's path, size and modification time: changes when a file is
-    added, removed or replaced.  A file that cannot be stat'ed (a dangling link, a link
-    loop) counts by its error, so it is skipped at the build, not fatal here."""
+    """A hash of each file's path, size, modification time, status-change time and inode:
+    changes when a file is added, removed or replaced -- also when it is rewritten in place
+    with its size and modification time restored (the status-change time moves, and
+    cannot be set back) or replaced by another file (a new inode).  A file that cannot be
+    stat'ed (a dangling link, a link loop) counts by its error, so it is skipped at the
+    build, not fatal here."""
     h = hashlib.sha256()
     for f in files:
         try:
@@ -109,7 +113,7 @@ def fingerprint(files: Iterable[Path]) -> str:
         except OSError as err:
             h.update(f"{f}\0error {err.errno}\n".encode())
             continue
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()
 
 
