@@ -138,6 +138,17 @@ def test_case_5_an_image_replaced_in_place_with_size_and_mtime_kept_is_cached_ag
         np.testing.assert_array_equal(again.train.read([idx])[0], np.full((8, 8, 3), value, np.uint8))
 
 
+def test_case_6_a_csv_cell_longer_than_the_csv_module_default_is_read(tmp_path):
+    long = "word " * 30_000  # 150,000 characters, over csv's default field limit of 131,072
+    file = tmp_path / "data.csv"
+    file.write_text("text,label\n" + "".join(f"sentence number {i},a\n" for i in range(5)) + f'"{long}",b\n')
+    limit = csv.field_size_limit()
+    ds = create_dataset(f"text:{file}", cache_dir=tmp_path / "cache")
+    assert len(ds.train) == 6 and long.strip() in list(ds.train.texts)
+    assert ds.train.classes == ["a", "b"]
+    assert csv.field_size_limit() == limit  # the process-wide limit is left as it was
+
+
 def test_case_8_dangling_and_looping_links_are_skipped_and_counted(capsys, tmp_path):
     root = _images(tmp_path / "imgs")
     (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")

@@ -16,7 +16,7 @@ per file); ``.jsonl`` / ``.csv`` rows give their ``text_column`` and, when prese
 UTF-8 are skipped and counted in one warning (an error with ``strict``), and so are files
 that cannot be read: not regular files (a FIFO, a device: never opened), dangling links,
 link loops.  A sample longer than ``max_length`` tokens is truncated and counted, never an
-error.
+error; a CSV cell may be as long as its file.
 """
 from __future__ import annotations
 
@@ -205,14 +205,32 @@ def _rows(path: Path, opt: TextOptions) -> list[tuple[str, Any]]:
                 raise SelfSupError(f"{path}: line {n} is not a JSON object")
         columns = list(dict.fromkeys(k for r in records for k in r))
     else:
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
-        records, columns = list(reader), list(reader.fieldnames or [])
+        records, columns = _read_csv(path, text)
     if records and opt.text_column not in columns:
         raise SelfSupError(f"{path} has no column {opt.text_column!r} (columns: {', '.join(map(str, columns))}); "
                            f"name the text column with --text-column")
     label = opt.label_column if opt.label_column in columns else None
     return [(str(r.get(opt.text_column) or "").strip(), _label(r.get(label)) if label else None)
             for r in records if str(r.get(opt.text_column) or "").strip()]
+
+
+CSV_FIELD_MAX = 2**31 - 1  # the most csv.field_size_limit takes on every platform (a C long)
+
+
+def _read_csv(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    """The rows and column names of a CSV file's ``text``.  A cell may be as long as the
+    file (which is already in memory): the csv module's own limit (128 Ki characters) is
+    raised for this read and restored after -- it is process-wide."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(len(text) + 1, CSV_FIELD_MAX)))
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
+        try:
+            return list(reader), list(reader.fieldnames or [])
+        except csv.Error as err:
+            raise SelfSupError(f"{path}: line {reader.reader.line_num} is not valid CSV ({err})") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _label(value: Any) -> Any:
