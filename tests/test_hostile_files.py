@@ -149,6 +149,27 @@ def test_case_6_a_csv_cell_longer_than_the_csv_module_default_is_read(tmp_path):
     assert csv.field_size_limit() == limit  # the process-wide limit is left as it was
 
 
+def test_case_7_a_folder_too_small_to_hold_out_a_test_split_is_a_one_line_error(capsys, tmp_path):
+    from selfsup.encoders import export_encoder
+    from selfsup.models import create_backbone
+
+    data = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        _images(data / c, n=2)
+    create_dataset(f"folder:{data}", image_size=8, progress=False)  # cached now: no progress bar below
+    enc = create_backbone("small_cnn", in_chans=3, image_size=8, mean=[0.5] * 3, std=[0.25] * 3, width=4)
+    exported = export_encoder(enc, tmp_path / "enc.safetensors")
+    code, out, err = run_cli(capsys, "evaluate", str(exported), "--data", f"folder:{data}", "--no-linear",
+                             "--out", str(tmp_path / "eval.json"))
+    assert_one_line_error(code, err, "too few", "3 images per class", "test")
+    assert "NaN" not in out and not (tmp_path / "eval.json").exists()
+    code, out, err = run_cli(capsys, "label-efficiency", str(exported), "--data", f"folder:{data}",
+                             "--seeds", "1", "--fractions", "1.0", "--protocols", "knn",
+                             "--out", str(tmp_path / "le"))
+    assert_one_line_error(code, err, "too few", "3 images per class")
+    assert not (tmp_path / "le").exists() or not any((tmp_path / "le").iterdir())
+
+
 def test_case_8_dangling_and_looping_links_are_skipped_and_counted(capsys, tmp_path):
     root = _images(tmp_path / "imgs")
     (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")

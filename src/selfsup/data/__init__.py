@@ -298,10 +298,18 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 def hold_out_test(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
     """``ds`` with a stratified ``fraction`` of its (labelled) train split held out as the
-    test split, for sources that have none."""
-    from selfsup.data.splits import stratified_split
+    test split, for sources that have none.  Too few images to hold out any is an error:
+    an empty test split would give NaN accuracies."""
+    from selfsup.data.splits import smallest_class_to_split, stratified_split
 
-    kept, held = stratified_split(np.asarray(ds.train.labels), fraction, seed)
+    labels = np.asarray(ds.train.labels)
+    kept, held = stratified_split(labels, fraction, seed)
+    if len(held) == 0:
+        need, largest = smallest_class_to_split(fraction), int(np.unique(labels, return_counts=True)[1].max(initial=0))
+        raise SelfSupError(
+            f"{ds.name} has too few labelled images to hold out a test split: {fraction:.0%} of each class is "
+            f"held out, which takes at least {need} images per class (the largest class has {largest}); add "
+            "images, or give a test split (for a folder: PATH/train/CLASS and PATH/test/CLASS)")
     return Dataset(name=ds.name, train=ds.train.subset(kept), test=ds.train.subset(held),
                    test_origin=f"{fraction:.0%} of the training images held out (stratified, seed {seed})")
 
