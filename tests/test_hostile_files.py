@@ -196,3 +196,51 @@ def test_case_8_dangling_and_looping_links_are_skipped_and_counted(capsys, tmp_p
     with pytest.warns(UserWarning, match=r"skipped 2 unreadable file\(s\)"):
         ds = create_dataset(f"text:{text}", cache_dir=tmp_path / "cache")
     assert len(ds.train) == 2
+
+
+def _tiny_bert_folder(path):
+    from selfsup.data.tokenizer import Tokenizer
+    from selfsup.models.text import bert
+
+    tok = Tokenizer.train(["hello world and more words"] * 10, 64)
+    bert(tokenizer=tok, layers=1, hidden=16, heads=2, max_length=16).save_pretrained(path)
+    return path
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_case_12_an_empty_tokenizer_and_a_pickled_init_model_are_one_line_errors(capsys, tmp_path):
+    from tokenizers import Tokenizer as Backend, models
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("hello world\nmore words here\n" * 4)
+    common = ["pretrain", "--method", "mlm", "--data", f"text:{texts}", "--max-steps", "1", "--batch-size", "4",
+              "--max-length", "16", "--no-progress"]
+
+    # a tokenizer.json with no vocabulary beyond its special tokens
+    empty = Backend(models.WordPiece(vocab={}, unk_token="[UNK]"))
+    empty.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    empty.save(str(tmp_path / "tokenizer.json"))
+    code, _, err = run_cli(capsys, *common, "--tokenizer", str(tmp_path / "tokenizer.json"),
+                           "--out", str(tmp_path / "r1"))
+    assert_one_line_error(code, err, "tokenizer.json", "vocabulary")
+    assert not (tmp_path / "r1" / "last.pt").exists()
+
+    # an --init folder whose weights are a pickle that would run code: refused, never run
+    model = _tiny_bert_folder(tmp_path / "model")
+    (model / "model.safetensors").unlink()
+    marker = tmp_path / "pickle-ran"
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    code, _, err = run_cli(capsys, *common, "--init", str(model), "--out", str(tmp_path / "r2"))
+    assert_one_line_error(code, err, "pytorch_model.bin", "safetensors")
+    assert not marker.exists()
+    assert not (tmp_path / "r2" / "last.pt").exists()
