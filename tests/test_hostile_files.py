@@ -240,7 +240,10 @@ def test_case_12_an_empty_tokenizer_and_a_pickled_init_model_are_one_line_errors
     (model / "model.safetensors").unlink()
     marker = tmp_path / "pickle-ran"
     (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
-    code, _, err = run_cli(capsys, *common, "--init", str(model), "--out", str(tmp_path / "r2"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(capsys, *common, "--init", str(model), "--out", str(tmp_path / "r2"))
     assert_one_line_error(code, err, "pytorch_model.bin", "safetensors")
+    assert not [w for w in caught if "pickle" in str(w.message)]  # the CLI would print them as more lines
     assert not marker.exists()
     assert not (tmp_path / "r2" / "last.pt").exists()

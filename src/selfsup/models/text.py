@@ -17,6 +17,7 @@ for ``--init``: continued pretraining of a published BERT-family model).
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -142,7 +143,9 @@ def _refuse_unsafe_pickles(folder: Path) -> None:
     file that could run code, whatever its version does."""
     for file in sorted(folder.glob("pytorch_model*.bin")):
         try:
-            torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+                warnings.simplefilter("ignore")
+                torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
         except Exception as err:  # UnpicklingError for a crafted pickle, RuntimeError for a damaged file ...
             raise SelfSupError(f"{file} is not plain weights (torch refused it, nothing in it was run: "
                                f"{type(err).__name__}); use a model saved as model.safetensors") from None
