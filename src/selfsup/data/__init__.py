@@ -35,10 +35,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -296,10 +298,18 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 def hold_out_test(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
     """``ds`` with a stratified ``fraction`` of its (labelled) train split held out as the
-    test split, for sources that have none."""
-    from selfsup.data.splits import stratified_split
+    test split, for sources that have none.  Too few images to hold out any is an error:
+    an empty test split would give NaN accuracies."""
+    from selfsup.data.splits import smallest_class_to_split, stratified_split
 
-    kept, held = stratified_split(np.asarray(ds.train.labels), fraction, seed)
+    labels = np.asarray(ds.train.labels)
+    kept, held = stratified_split(labels, fraction, seed)
+    if len(held) == 0:
+        need, largest = smallest_class_to_split(fraction), int(np.unique(labels, return_counts=True)[1].max(initial=0))
+        raise SelfSupError(
+            f"{ds.name} has too few labelled images to hold out a test split: {fraction:.0%} of each class is "
+            f"held out, which takes at least {need} images per class (the largest class has {largest}); add "
+            "images, or give a test split (for a folder: PATH/train/CLASS and PATH/test/CLASS)")
     return Dataset(name=ds.name, train=ds.train.subset(kept), test=ds.train.subset(held),
                    test_origin=f"{fraction:.0%} of the training images held out (stratified, seed {seed})")
 
@@ -318,6 +328,51 @@ def walk_files(directory: Path, keep: Callable[[str], bool]) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # prunes and orders the walk
         found += [Path(parent, f) for f in filenames if keep(f)]
     return sorted(found)
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for binary reading, following links; anything but a regular file
+    is refused with an OSError saying what it is, without being opened: a FIFO would block
+    the read forever (no Ctrl-C gets through), a device may never end.  A dangling link or
+    a link loop is an OSError that says so.  The file is opened non-blocking and checked
+    again, in case it was swapped for a FIFO after the first check.  The OSError's
+    ``strerror`` is the reason alone, e.g. ``not a regular file (a FIFO)``."""
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link loop", str(path)) from None
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            raise OSError(errno.ENOENT, f"a link to a missing file ({os.readlink(path)})", str(path)) from None
+        raise
+    if kind is not None:
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+    return open(path, "rb", opener=_open_checked)
+
+
+def _open_checked(path: str, flags: int) -> int:
+    """``os.open`` that cannot block on a FIFO and returns only a regular file's descriptor."""
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0) | nonblock)
+    try:
+        kind = _not_regular(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", path)
+        if nonblock:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def default_cache_dir() -> Path:

@@ -13,10 +13,12 @@ store encoded or variable-size rows and are read sequentially or decoded per row
 A cache folder holds, per split, ``SPLIT.u8`` (the records), ``SPLIT.crc.npy`` (a CRC-32
 per record), ``SPLIT.labels.npy`` and ``SPLIT.ids.npy``, plus ``manifest.json`` written
 last.  It is built in a temporary folder and renamed into place, so a build that dies
-leaves no cache that looks whole.  On opening, the manifest's fingerprint of the source
-files (path, size, modification time) must match, every file must have its expected
-size and a sample of records must match their CRCs; every record read later is
-checked against its CRC too.
+leaves no cache that looks whole; a build that fails or is interrupted removes its
+temporary folder, and one left by a killed process is removed by the next build.  On
+opening, the manifest's fingerprint of the source files (path, size, modification and
+status-change times, inode) must match, every file must have its expected size and a
+sample of records must match their CRCs; every record read later is checked against its
+CRC too.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from selfsup.errors import SelfSupError
 FORMAT = "selfsup-image-cache"
 VERSION = 1
 SPOT_CHECKS = 32  # records verified against their CRC when a cache is opened
+TMP_MARK = ".tmp"  # a build writes CACHE.tmpPID and renames it to CACHE when whole
 
 
 class CorruptCache(Exception):
@@ -97,12 +100,20 @@ class RecordFile(Store):
 
 
 def fingerprint(files: Iterable[Path]) -> str:
-    """A hash of each file's path, size and modification time: changes when a file is
-    added, removed or replaced."""
+    """A hash of each file's path, size, modification time, status-change time and inode:
+    changes when a file is added, removed or replaced -- also when it is rewritten in place
+    with its size and modification time restored (the status-change time moves, and
+    cannot be set back) or replaced by another file (a new inode).  A file that cannot be
+    stat'ed (a dangling link, a link loop) counts by its error, so it is skipped at the
+    build, not fatal here."""
     h = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(f)
+        except OSError as err:
+            h.update(f"{f}\0error {err.errno}\n".encode())
+            continue
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()
 
 
@@ -156,7 +167,8 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
     ``(file, reason)``.  ``splits[name] = (files, labels, ids)``; ``decode(file)`` returns the
     record or an error message.  With ``strict`` the first failure raises."""
     workers = workers or min(8, os.cpu_count() or 1)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    _remove_abandoned_builds(folder)
+    tmp = folder.with_name(folder.name + f"{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     skipped: list[tuple[str, str]] = []
@@ -164,7 +176,8 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
     bar = _progress(total, progress, f"caching {total} images")
     try:
         info = {}
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="selfsup-decode") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="selfsup-decode")
+        try:
             for split, (files, labels, ids) in splits.items():
                 p = _paths(tmp, split)
                 kept, crcs = [], []
@@ -185,6 +198,8 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
                 np.save(p["labels.npy"], np.asarray([labels[i] for i in kept], dtype=np.int64))
                 np.save(p["ids.npy"], np.asarray([ids[i] for i in kept], dtype=str))
                 info[split] = {"n": len(kept), "record_shape": list(record_shape)}
+        finally:  # on an error or Ctrl-C: drop the queued decodes, wait only for the running ones
+            pool.shutdown(wait=True, cancel_futures=True)
         manifest = {**manifest, "format": FORMAT, "version": VERSION, "splits": info,
                     "skipped": len(skipped), "first_skipped": skipped[0] if skipped else None}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -195,6 +210,31 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return skipped
+
+
+def _remove_abandoned_builds(folder: Path) -> None:
+    """Remove the temporary folders of builds of ``folder`` whose process is gone (killed
+    before its own clean-up could run); a build still running is left alone."""
+    prefix = folder.name + TMP_MARK
+    if not folder.parent.is_dir():
+        return
+    for tmp in folder.parent.iterdir():
+        pid = tmp.name[len(prefix):]
+        if tmp.name.startswith(prefix) and pid.isdigit() and tmp.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (True when that cannot be known)."""
+    if os.name == "nt":  # os.kill would end the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, for one
+        return True
+    return True
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, window: int):

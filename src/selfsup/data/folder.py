@@ -16,7 +16,9 @@ black, EXIF orientation applied), centre-cropped to a square and resized to
 ``image_size`` (default 64) with PIL bilinear, once: the decoded images go into an
 on-disk cache (:mod:`selfsup.data.cache`) that later runs read by index without
 decoding again, and that is rebuilt when the folder's files change.  A file with an image extension that
-cannot be decoded is skipped and counted in one warning, or raises with ``strict``.
+cannot be decoded -- and one that is not a regular file (a FIFO, a socket, a device: never
+opened), a dangling link or a link loop -- is skipped and counted in one warning, or
+raises with ``strict``.
 Ids are paths relative to PATH, with forward slashes.
 """
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data import DATASETS, Dataset, ImageSet, cache, check_path, default_cache_dir, random_subset, walk_files
+from selfsup.data import (DATASETS, Dataset, ImageSet, cache, check_path, default_cache_dir, open_regular,
+                          random_subset, walk_files)
 from selfsup.errors import SelfSupError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -79,7 +82,7 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[Path], list[
     for label, name in enumerate(classes):
         files += class_files.get(name, [])
         labels += [label] * len(class_files.get(name, []))
-    loose = [p for p in entries if p.is_file() and _is_image(p.name)]
+    loose = [p for p in entries if not p.is_dir() and _is_image(p.name)]  # broken links too: skipped later
     if loose:
         warnings.warn(
             f"{len(loose)} images directly under {split_dir} are outside the class folders; "
@@ -116,7 +119,7 @@ def square(image: Image.Image, size: int) -> Image.Image:
 
 def _decode(file: Path, size: int) -> np.ndarray:
     """Read one image as (size, size, 3) uint8: centre square crop, then resize."""
-    with Image.open(file) as image:
+    with open_regular(file) as fh, Image.open(fh) as image:  # a FIFO or device is refused, not read
         image.draft(None, (size, size))  # lets JPEG decode at a reduced scale, >= size
         rgb = to_rgb(ImageOps.exif_transpose(image))
     return np.asarray(square(rgb, size))
@@ -127,6 +130,8 @@ def _try_decode(file: Path, size: int) -> np.ndarray | str:
     try:
         return _decode(file, size)
     except _DECODE_ERRORS as err:
+        if isinstance(err, OSError) and err.strerror and err.filename is not None:
+            return err.strerror  # opening failed: "not a regular file (a FIFO)", "a symbolic link loop", ...
         return f"{type(err).__name__}: {err}"
 
 

@@ -15,6 +15,16 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), held_out), held_out
 
 
+def smallest_class_to_split(fraction: float) -> int:
+    """The fewest images a class needs for :func:`stratified_split` to hold one out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n = 2
+    while min(int(round(fraction * n)), n - 1) < 1:
+        n += 1
+    return n
+
+
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of ``fraction`` of each class (at least one per class)."""
     if fraction >= 1.0:

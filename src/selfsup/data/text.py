@@ -13,8 +13,10 @@ Reading rules: a ``.txt`` file is one sample per non-empty line (``unit="file"``
 per file); ``.jsonl`` / ``.csv`` rows give their ``text_column`` and, when present, their
 ``label_column``; a folder takes every such file under it, and a file's sub-folder (under
 ``train/`` and ``test/`` when those exist) names its class.  Files that are binary or not
-UTF-8 are skipped and counted in one warning (an error with ``strict``); a sample longer
-than ``max_length`` tokens is truncated and counted, never an error.
+UTF-8 are skipped and counted in one warning (an error with ``strict``), and so are files
+that cannot be read: not regular files (a FIFO, a device: never opened), dangling links,
+link loops.  A sample longer than ``max_length`` tokens is truncated and counted, never an
+error; a CSV cell may be as long as its file.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from selfsup.data import DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir, walk_files
+from selfsup.data import (DATASETS, Dataset, SampleSet, SampleSpec, check_path, default_cache_dir, open_regular,
+                          walk_files)
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.errors import SelfSupError
 from selfsup.files import atomic_write_text
@@ -165,11 +168,15 @@ def labelled(texts: list[str], labels: list[Any], ids: list[str]) -> RawText:
 
 
 class Unreadable(Exception):
-    """A file that is binary or not UTF-8."""
+    """A file that is binary, not UTF-8, or cannot be read (not a regular file, a broken link)."""
 
 
 def _decode(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        with open_regular(path) as fh:  # a FIFO or device is refused, not read
+            data = fh.read()
+    except OSError as err:
+        raise Unreadable(f"unreadable: {err.strerror or err}") from None
     if b"\x00" in data[:8192]:
         raise Unreadable("binary (NUL bytes)")
     try:
@@ -198,14 +205,32 @@ def _rows(path: Path, opt: TextOptions) -> list[tuple[str, Any]]:
                 raise SelfSupError(f"{path}: line {n} is not a JSON object")
         columns = list(dict.fromkeys(k for r in records for k in r))
     else:
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
-        records, columns = list(reader), list(reader.fieldnames or [])
+        records, columns = _read_csv(path, text)
     if records and opt.text_column not in columns:
         raise SelfSupError(f"{path} has no column {opt.text_column!r} (columns: {', '.join(map(str, columns))}); "
                            f"name the text column with --text-column")
     label = opt.label_column if opt.label_column in columns else None
     return [(str(r.get(opt.text_column) or "").strip(), _label(r.get(label)) if label else None)
             for r in records if str(r.get(opt.text_column) or "").strip()]
+
+
+CSV_FIELD_MAX = 2**31 - 1  # the most csv.field_size_limit takes on every platform (a C long)
+
+
+def _read_csv(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    """The rows and column names of a CSV file's ``text``.  A cell may be as long as the
+    file (which is already in memory): the csv module's own limit (128 Ki characters) is
+    raised for this read and restored after -- it is process-wide."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(len(text) + 1, CSV_FIELD_MAX)))
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
+        try:
+            return list(reader), list(reader.fieldnames or [])
+        except csv.Error as err:
+            raise SelfSupError(f"{path}: line {reader.reader.line_num} is not valid CSV ({err})") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _label(value: Any) -> Any:

@@ -74,7 +74,7 @@ class Tokenizer:
         from tokenizers import Tokenizer as Backend
 
         if p.is_file():
-            return cls(_read_backend(Backend, p), SPECIALS)
+            return cls(_read_backend(Backend, p), SPECIALS)._check_vocabulary(p)
         try:
             from transformers import AutoTokenizer
 
@@ -86,7 +86,16 @@ class Tokenizer:
             raise SelfSupError(f"tokenizer folder {str(p)!r} holds a slow (Python) tokenizer; selfsup needs a "
                                "fast one (tokenizer.json)")
         specials = {role: getattr(hf, f"{role}_token") for role in SPECIALS if getattr(hf, f"{role}_token", None)}
-        return cls(hf.backend_tokenizer, specials)
+        return cls(hf.backend_tokenizer, specials)._check_vocabulary(p)
+
+    def _check_vocabulary(self, source: Path) -> Tokenizer:
+        """``self``, or a one-line error when it holds no token but its special ones: every
+        word would become [UNK], or the backend would fail at the first sample."""
+        words = set(self.backend.get_vocab(with_added_tokens=True)) - set(self.specials.values())
+        if not words:
+            raise SelfSupError(f"tokenizer {str(source)!r} has an empty vocabulary (only its special tokens); give "
+                               "a trained tokenizer, or drop --tokenizer to train one on the data")
+        return self
 
     def to_json(self) -> str:
         return json.dumps({"backend": self.backend.to_str(), "specials": self.specials})
@@ -117,6 +126,9 @@ class Tokenizer:
         self.backend.enable_truncation(max_length)
         try:
             encodings = self.backend.encode_batch(list(texts))
+        except Exception as err:  # the Rust side raises a plain Exception, e.g. "Missing [UNK] token"
+            raise SelfSupError(f"the tokenizer cannot encode the text ({str(err).splitlines()[0][:200]}); give "
+                               "another tokenizer") from None
         finally:
             self.backend.no_truncation()
         out = np.full((len(encodings), max_length), self.pad_id, dtype=np.int32)

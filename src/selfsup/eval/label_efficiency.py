@@ -87,7 +87,7 @@ def _budgets(cfg: StudyConfig, labels: np.ndarray) -> list[tuple[str, float]]:
 def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *,
               log: Callable[[str], None] = print) -> dict:
     """Run the study; returns ``{"rows": [...], "summary": [...]}`` (see module docs)."""
-    if not ds.train.has_labels or ds.test is None or not ds.test.has_labels:
+    if not ds.train.has_labels or ds.test is None or not len(ds.test) or not ds.test.has_labels:
         raise SelfSupError(f"{ds.name} needs labels and a test split for a label-efficiency study")
     protocols = cfg.protocols or DEFAULT_PROTOCOLS[ds.spec.modality]
     unknown = set(protocols) - set(PROTOCOLS)

@@ -17,6 +17,8 @@ for ``--init``: continued pretraining of a published BERT-family model).
 from __future__ import annotations
 
 import json
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -131,10 +133,33 @@ class TextEncoder(nn.Module):
         length = max_length or saved.get("max_length") or min(128, cfg.max_position_embeddings)
         enc = cls(cfg.to_dict(), Tokenizer.load(folder), pooling=pooling or saved.get("pooling", "mean"),
                   max_length=length)
-        weights = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
+        safetensors = any(folder.glob("model*.safetensors"))
+        if not safetensors:
+            _refuse_unsafe_pickles(folder)
+        try:  # safetensors when the folder has them, so no pickle is read at all
+            weights = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True,
+                                                use_safetensors=safetensors or None)
+        except Exception as err:  # transformers raises OSError, ValueError, RuntimeError ... for bad weights
+            raise SelfSupError(f"the weights in {folder} cannot be loaded ({type(err).__name__}: "
+                               f"{str(err).strip().splitlines()[0][:200]})") from None
         enc.bert.load_state_dict(weights.state_dict())
         enc.init_from = folder
         return enc.eval()
+
+
+def _refuse_unsafe_pickles(folder: Path) -> None:
+    """A one-line error unless every ``pytorch_model*.bin`` in ``folder`` holds plain
+    tensors: each is read first with torch's restricted unpickler (``weights_only``),
+    which refuses anything else without running it, so transformers never unpickles a
+    file that could run code, whatever its version does."""
+    for file in sorted(folder.glob("pytorch_model*.bin")):
+        try:
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+                warnings.simplefilter("ignore")
+                torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        except Exception as err:  # UnpicklingError for a crafted pickle, RuntimeError for a damaged file ...
+            raise SelfSupError(f"{file} is not plain weights (torch refused it, nothing in it was run: "
+                               f"{type(err).__name__}); use a model saved as model.safetensors") from None
 
 
 def _read_json(path: Path) -> dict:
