@@ -101,3 +101,16 @@ def test_knn_options_that_would_give_wrong_accuracies_are_refused(flag, value, n
     selfsup.export_encoder(enc, tmp_path / "e.safetensors")
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "e.safetensors"), "--data", "digits", flag, value)
     assert_one_line_error(code, err, needle)
+
+
+def test_an_encoder_file_whose_spec_asks_for_a_huge_model_is_refused_before_allocating(tmp_path, capsys):
+    """A crafted spec (small_cnn at width 10**6: about 1.5 TB of weights) next to a few
+    kilobytes of tensors must not make the loader allocate the model."""
+    from selfsup.models import create_backbone
+    from selfsup.train.checkpoint import save_encoder_file
+
+    enc = create_backbone("small_cnn", in_chans=1, image_size=8, width=4)
+    spec = {"name": enc.name, "kwargs": {**enc.kwargs, "width": 10**6}}
+    save_encoder_file(tmp_path / "evil.safetensors", spec, enc.state_dict())
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "evil.safetensors"), "--data", "digits")
+    assert_one_line_error(code, err, "asks for a model of", "MiB of weights")

@@ -134,8 +134,11 @@ def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
 
 
 def _rebuild(spec: Any, state: dict, source: Path) -> torch.nn.Module:
-    """:func:`rebuild_encoder` with a one-line error for a spec or weights that do not fit."""
+    """:func:`rebuild_encoder` with a one-line error for a spec or weights that do not fit.
+    The spec is built on the meta device first (no memory), so a file whose spec asks for a
+    model far larger than the weights it holds is refused before anything is allocated."""
     try:
+        _check_model_size(spec, state, source)
         enc = rebuild_encoder(spec, state)
     except SelfSupError:
         raise
@@ -148,6 +151,21 @@ def _rebuild(spec: Any, state: dict, source: Path) -> torch.nn.Module:
     if bad is not None:
         raise SelfSupError(f"{source} holds non-finite values ({bad}); it cannot give meaningful features")
     return enc
+
+
+def _check_model_size(spec: Any, state: dict, source: Path) -> None:
+    with torch.device("meta"):
+        try:
+            shapes = rebuild_encoder(spec).state_dict()
+        except SelfSupError:
+            raise
+        except Exception:  # noqa: BLE001 -- a builder that cannot run on meta: rebuild_encoder reports it
+            return
+    need = sum(t.numel() * t.element_size() for t in shapes.values())
+    have = sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    if need > 2 * have + 2**20:
+        raise SelfSupError(f"{source}: its spec asks for a model of {need / 2**20:,.0f} MiB but the file holds "
+                           f"{have / 2**20:,.1f} MiB of weights; the file is damaged or was not written by selfsup")
 
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "heads.")  # a library model's classifier: not part of a backbone
