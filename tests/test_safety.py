@@ -136,7 +136,7 @@ def test_io_failures_are_one_line_and_leave_no_temporary_files(tmp_path, capsys,
     one_line_error(code, err, "cannot read or write")
 
     def full_disk(obj, f, *a, **k):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")  # torch.save writes into the file object selfsup opened
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)

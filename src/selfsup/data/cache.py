@@ -34,6 +34,7 @@ import numpy as np
 
 from selfsup.data import Store
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write, atomic_write_text, open_atomic, remove_stale
 
 FORMAT = "selfsup-image-cache"
 VERSION = 1
@@ -156,7 +157,8 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
     ``(file, reason)``.  ``splits[name] = (files, labels, ids)``; ``decode(file)`` returns the
     record or an error message.  With ``strict`` the first failure raises."""
     workers = workers or min(8, os.cpu_count() or 1)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    remove_stale(folder.parent, folder.name)  # the half-built caches of builds that were killed
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     skipped: list[tuple[str, str]] = []
@@ -168,7 +170,7 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
             for split, (files, labels, ids) in splits.items():
                 p = _paths(tmp, split)
                 kept, crcs = [], []
-                with open(p["u8"], "wb") as out:
+                with open_atomic(p["u8"]) as out:
                     for i, record in _bounded_map(pool, decode, files, 4 * workers):
                         bar.update(1)
                         if isinstance(record, str):
@@ -181,13 +183,14 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
                         out.write(data)
                         crcs.append(zlib.crc32(data))
                         kept.append(i)
-                np.save(p["crc.npy"], np.asarray(crcs, dtype=np.uint32))
-                np.save(p["labels.npy"], np.asarray([labels[i] for i in kept], dtype=np.int64))
-                np.save(p["ids.npy"], np.asarray([ids[i] for i in kept], dtype=str))
+                for key, array in (("crc.npy", np.asarray(crcs, dtype=np.uint32)),
+                                   ("labels.npy", np.asarray([labels[i] for i in kept], dtype=np.int64)),
+                                   ("ids.npy", np.asarray([ids[i] for i in kept], dtype=str))):
+                    atomic_write(p[key], lambda f, a=array: np.save(f, a))
                 info[split] = {"n": len(kept), "record_shape": list(record_shape)}
         manifest = {**manifest, "format": FORMAT, "version": VERSION, "splits": info,
                     "skipped": len(skipped), "first_skipped": skipped[0] if skipped else None}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
