@@ -211,7 +211,10 @@ def test_every_write_fails_once_and_nothing_is_lost(reference, one_thread):
                 assert result["code"] == -signal.SIGKILL, (what, result)
             else:
                 cause = "No space left on device" if mode == "ENOSPC" else "Input/output error"
-                assert_one_line_error(result, "cannot write", target.name, cause)
+                line = assert_one_line_error(result, "cannot write", target.name, cause)
+                if target.parent == base / "R" and commands[command][0] == "pretrain":  # says what is left
+                    resumable = (base / "R" / "last.pt").exists()
+                    assert ("--resume" if resumable else "start over") in line, (what, line)
                 assert not leftovers(base), (what, leftovers(base))
 
             after = load_state(base)  # every file there reads whole

@@ -33,7 +33,7 @@ from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
-from selfsup.files import atomic_write, atomic_write_text, open_atomic, remove_stale
+from selfsup.files import WriteError, atomic_write, atomic_write_text, open_atomic, remove_stale
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import fresh_copy
@@ -337,7 +337,11 @@ def _pretrain_locked(cfg: RunConfig, ckpt: dict | None, obj: Any, run_dir: Path,
     history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files,
                            monitor=monitor, lock=lock)
     if distributed.from_env().is_main:
-        export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
+        try:
+            export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
+        except WriteError as err:
+            raise WriteError(f"{err}; the checkpoint {run_dir / checkpoint.CHECKPOINT} is whole: --resume writes the "
+                             "encoder again") from None
     return Run(cfg, run_dir, m, ds, history)
 
 

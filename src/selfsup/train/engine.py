@@ -207,12 +207,15 @@ class Trainer:
         tc, main = self.cfg.train, self.world.is_main
         self.board = _tensorboard(self.run_dir) if tc.tensorboard and main else None
         if main:
-            if resumed:
-                _truncate_metrics(self.metrics_path, self.step)
-            elif self.metrics_path.exists():
-                self.metrics_path.unlink()
-            if on_start is not None:
-                on_start()
+            try:
+                if resumed:
+                    _truncate_metrics(self.metrics_path, self.step)
+                elif self.metrics_path.exists():
+                    self.metrics_path.unlink()
+                if on_start is not None:
+                    on_start()
+            except WriteError as err:
+                raise self._write_failed(err) from None
         self.step_fn = distributed.training_step(self.method, self.device)  # DDP under several processes
         self.collapse = CollapseMonitor()
         self.bar = _progress(self.total, self.step, tc.progress and main)
@@ -289,7 +292,10 @@ class Trainer:
         rec["collapse_suspected"] = bool(warning)
         self.history.append(rec)
         if self.world.is_main:
-            append_text(self.metrics_path, json.dumps(rec) + "\n")
+            try:
+                append_text(self.metrics_path, json.dumps(rec) + "\n")
+            except WriteError as err:
+                raise self._write_failed(err) from None
         if self.board is not None:
             for key, v in rec.items():
                 if key != "step" and isinstance(v, (int, float)):
@@ -315,9 +321,7 @@ class Trainer:
         try:
             self._write_checkpoint()
         except WriteError as err:  # the rename never happened: the last checkpoint is the one there was
-            then = ("continue from it with --resume" if self.ckpt_path.exists() else
-                    "run the same command again to start over")
-            raise WriteError(f"{err}; {self._last_good()}; {then}") from None
+            raise self._write_failed(err) from None
 
     def _write_checkpoint(self) -> None:
         atomic_save({
@@ -346,6 +350,12 @@ class Trainer:
                if "knn_monitor" in final else "")
         self.log(f"{knn}effective rank {final['eff_rank']:.1f} (random init {final['eff_rank_random_init']:.1f}) "
                  f"on {final['monitor_samples']} training samples")
+
+    def _write_failed(self, err: WriteError) -> WriteError:
+        """``err`` and what the run can go on from: its last checkpoint, or a fresh start."""
+        then = ("continue from it with --resume" if self.ckpt_path.exists() else
+                "run the same command again to start over")
+        return WriteError(f"{err}; {self._last_good()}; {then}")
 
     def _last_good(self) -> str:
         if self.ckpt_path.exists():
