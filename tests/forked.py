@@ -35,7 +35,7 @@ def _child(args: Sequence[str], result: str, barrier, setup: Callable[[], None] 
         if setup is not None:
             setup()
         if barrier is not None:
-            barrier.wait()
+            barrier.wait(timeout=60)  # a sibling that died before it breaks the barrier, not the test
         code = main(list(args))
     except BaseException:  # a bug: its traceback is what the test reports
         code = "exception"
