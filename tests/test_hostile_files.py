@@ -71,7 +71,7 @@ def test_case_4_a_fifo_is_skipped_and_a_half_built_cache_is_cleaned(tmp_path, mo
     target = folder._cache_folder(root.resolve(), 16, cache_dir)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = target.with_name(f"{target.name}.tmp{dead.pid}")
+    leftover = target.with_name(f"{target.name}.{dead.pid}.tmp")
     (leftover / "train.u8").parent.mkdir(parents=True)
     (leftover / "train.u8").write_bytes(b"\0" * 100)
 

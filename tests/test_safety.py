@@ -136,7 +136,7 @@ def test_io_failures_are_one_line_and_leave_no_temporary_files(tmp_path, capsys,
     one_line_error(code, err, "cannot read or write")
 
     def full_disk(obj, f, *a, **k):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")  # torch.save writes into the file object selfsup opened
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
@@ -499,3 +499,161 @@ def test_an_encoder_with_non_finite_state_is_refused_not_evaluated(tmp_path, cap
     code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "e.safetensors"))
     one_line_error(code, err, "holds non-finite values", "running_var")
     assert "knn_top1" not in out
+
+
+# issue 26: never lose a run, part two ----------------------------------------------------
+
+TINY = ["pretrain", "--data", "digits", "--batch-size", "32", "--no-progress", "--set", "train.monitor_every=0",
+        "--set", "train.threads=1"]
+
+
+def saved_seed(run: Path) -> int:
+    import yaml
+
+    seed = checkpoint.load_checkpoint(run)["config"]["train"]["seed"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == seed  # config and checkpoint agree
+    return seed
+
+
+def test_two_pretrains_started_together_into_one_new_folder_one_wins(tmp_path):
+    """1: the second process used to wait for the first one's lock, then delete its run."""
+    from forked import assert_one_line_error, run_together
+
+    out = tmp_path / "R"
+    results = run_together([TINY + ["--max-steps", "3", "--seed", str(seed), "--out", str(out)] for seed in (1, 2)])
+    winners = [seed for seed, r in zip((1, 2), results) if r["code"] == 0]
+    assert len(winners) == 1, results
+    loser = results[2 - winners[0]]
+    assert_one_line_error(loser)
+    assert "another selfsup process is writing" in loser["err"] or "already holds a run" in loser["err"], loser
+    assert saved_seed(out) == winners[0] and "final loss" in results[winners[0] - 1]["out"]
+
+
+def test_a_locked_run_folder_is_refused_at_once_and_a_killed_holder_blocks_nothing(tmp_path, capsys):
+    """1: no waiting for the lock -- a second writer hears at once; a killed process's lock
+    is gone with it (the kernel drops a flock when its holder dies)."""
+    import time
+
+    out = tmp_path / "R"
+    out.mkdir()
+    script = (f"import fcntl, os, time; fd = os.open({str(out / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        code, _, err = run_cli(capsys, *TINY, "--max-steps", "1", "--out", str(out))
+        assert time.monotonic() - t0 < 5
+        one_line_error(code, err, "another selfsup process is writing")
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out_text, err = run_cli(capsys, *TINY, "--max-steps", "1", "--out", str(out))
+    assert code == 0 and "final loss" in out_text, err
+
+
+def limit_file_size(limit: int):
+    """A child's setup: every write past ``limit`` bytes of a file fails (EFBIG), as on a full disk."""
+    import resource
+
+    def setup():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return setup
+
+
+def test_a_write_the_disk_refuses_is_one_line_and_a_plain_rerun_is_accepted(tmp_path, capsys):
+    """2: torch and safetensors turned the failed write into their own exceptions (a
+    traceback), and the folder left by a failed first checkpoint was refused by both
+    --resume and a plain rerun."""
+    from forked import assert_one_line_error, run_forked
+
+    out = tmp_path / "R"
+    args = TINY + ["--max-steps", "2", "--out", str(out)]
+    failed = run_forked(args, setup=limit_file_size(100_000))  # config and metrics fit, the checkpoint does not
+    assert_one_line_error(failed, "last.pt", "File too large")
+    assert not list(out.glob("*.tmp"))
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert checkpoint.load_checkpoint(out)["step"] == 2
+    failed = run_forked(["export", str(out), "--out", str(tmp_path / "e.safetensors")], setup=limit_file_size(10_000))
+    assert_one_line_error(failed, "e.safetensors", "File too large")
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path, capsys):
+    """3: a kill -9 during an append leaves half a line; --resume died with JSONDecodeError."""
+    out = tmp_path / "R"
+    code, _, err = run_cli(capsys, *TINY, "--max-steps", "2", "--out", str(out))
+    assert code == 0, err
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "epoch": 0.07, "lo')
+    code, _, err = run_cli(capsys, *TINY, "--resume", "--max-steps", "3", "--out", str(out))
+    assert code == 0, err
+    after = (out / "metrics.jsonl").read_text().splitlines()
+    assert after[:-1] == lines and json.loads(after[-1])["step"] == 3
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed_on_the_next_start(tmp_path, capsys):
+    """10: kill -9 during a write left NAME.PID.tmp files (a whole checkpoint each) forever."""
+    from forked import dead_pid
+
+    out = tmp_path / "R"
+    code, _, err = run_cli(capsys, *TINY, "--max-steps", "1", "--out", str(out))
+    assert code == 0, err
+    dead = dead_pid()
+    stale = [out / f"last.pt.{dead}.tmp", out / f"encoder.safetensors.{dead}.tmp", out / f".embed-{dead}.partial"]
+    stale[0].write_bytes(b"PK\x03\x04" + bytes(1000))
+    stale[1].write_bytes(b"x")
+    stale[2].mkdir()
+    (stale[2] / "embeddings.npy").write_bytes(b"x")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        in_use = out / f"eval.json.{alive.pid}.tmp"  # another process is writing it right now
+        in_use.write_text("{")
+        code, _, err = run_cli(capsys, *TINY, "--resume", "--max-steps", "2", "--out", str(out))
+        assert code == 0, err
+        assert not any(p.exists() for p in stale) and in_use.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_rerun_and_the_messages_agree(tmp_path, capsys):
+    """10: such a folder was refused by a plain rerun ("continue it with --resume") and by
+    --resume ("checkpoint not found")."""
+    from forked import run_forked
+
+    def killed_while_saving():
+        def save(obj, f, *a, **k):
+            data = b"PK\x03\x04 half a checkpoint"
+            f.write(data) if hasattr(f, "write") else Path(f).write_bytes(data)
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = save
+
+    out = tmp_path / "R"
+    args = TINY + ["--max-steps", "2", "--out", str(out)]
+    assert run_forked(args, setup=killed_while_saving)["code"] == -signal.SIGKILL
+    assert (out / "config.yaml").exists() and list(out.glob("last.pt.*.tmp")) and not (out / "last.pt").exists()
+    code, _, err = run_cli(capsys, *TINY, "--resume", "--out", str(out))
+    one_line_error(code, err, "no checkpoint", "without --resume")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert checkpoint.load_checkpoint(out)["step"] == 2 and not list(out.glob("*.tmp"))
+
+
+def test_a_folder_with_an_encoder_but_no_checkpoint_is_refused_by_both_with_the_same_advice(tmp_path, capsys):
+    """10: the two messages agree -- neither suggests what the other refuses."""
+    out = tmp_path / "R"
+    out.mkdir()
+    enc = selfsup.models.create_backbone("small_cnn", in_chans=1, image_size=8, width=4)
+    selfsup.export_encoder(enc, out / "encoder.safetensors")
+    before = snapshot(out)
+    code, _, err = run_cli(capsys, *TINY, "--max-steps", "1", "--out", str(out))
+    one_line_error(code, err, "encoder.safetensors", "no checkpoint to resume", "--overwrite")
+    assert "--resume" not in err
+    code, _, err = run_cli(capsys, *TINY, "--resume", "--out", str(out))
+    one_line_error(code, err, "holds no checkpoint", "encoder.safetensors", "--overwrite")
+    assert snapshot(out) == before

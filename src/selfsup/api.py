@@ -7,10 +7,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import difflib
+import io
 import json
 import operator
 import os
@@ -32,7 +34,7 @@ from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
-from selfsup.files import atomic_write_text
+from selfsup.files import WriteError, atomic_write, atomic_write_text, open_atomic, remove_stale
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import fresh_copy
@@ -46,6 +48,7 @@ from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_de
 from selfsup.registry import unknown
 from selfsup.schedules import LR_SCHEDULES
 from selfsup.train import checkpoint, engine
+from selfsup.train.safety import hold_run_folder
 from selfsup.train.optim import LR_SCALINGS, OPTIMIZERS
 from selfsup.encoders import export_encoder, load_encoder, load_init_weights
 
@@ -253,7 +256,7 @@ def channel_stats(images, max_images: int = 10_000, chunk: int = 1000) -> tuple[
 
 STALE_FILES = ("summary.json", "summary_map.png")  # the report's summary of the weights as they were
 RUN_FILES = (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt", "metrics.jsonl",
-             "config.yaml")  # a folder with one of them holds a run
+             "config.yaml")  # a run's files, removed when it is started again or replaced
 
 
 def pretrain(method: str | None = None, data: Any = None, *, preset: str | None = "cpu",
@@ -269,8 +272,11 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     :func:`selfsup.data.as_dataset`).  With ``resume=True`` the run in ``out_dir``
     continues from its checkpoint with its saved configuration (overrides such as a
     larger ``epochs`` still apply; pass a Python object again as ``data``).  A folder that
-    already holds a run is never replaced unless ``overwrite=True``; ``method`` defaults to
-    simclr for a new run and to the saved one on resume.
+    already holds a run is never replaced unless ``overwrite=True``; one whose run stopped
+    before its first checkpoint is started again.  The folder is locked (never waited
+    for: a second process writing it gets a one-line error at once) before deciding any
+    of this, and until the encoder is exported.  ``method`` defaults to simclr for a new
+    run and to the saved one on resume.
     """
     log = distributed.rank_log(log, distributed.from_env())  # under torchrun, rank 0 alone speaks and writes
     extra: dict[str, Any] = {}
@@ -288,26 +294,71 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     extra.update(overrides or {})
-    ckpt = None
     from_file = load_yaml(config_file).get("train.out_dir") if config_file else None
     out_dir = Path(extra.get("train.out_dir") or from_file or RunConfig().train.out_dir)
+    # Refusing needs no lock (and must not hold one: a writer starting now would be turned
+    # away); every decision to write is taken again under the folder's lock.
     if resume:
-        ckpt = checkpoint.require_keys(checkpoint.load_checkpoint(out_dir), checkpoint.RESUME_KEYS,
-                                       out_dir / checkpoint.CHECKPOINT)
-        saved = from_dict(ckpt["config"])
-        if method is not None and method != saved.method:
-            raise SelfSupError(f"cannot resume: the run in {out_dir} is {saved.method}, not {method}; drop --method "
-                               "or choose another --out")
-        saved.train.max_steps = None  # where the last session stopped; a resumed run goes on unless told again
-        cfg = validate(apply_overrides(saved, extra))
+        _require_checkpoint(out_dir)
+        extra["train.out_dir"] = str(out_dir)  # the run is where it was read from, even if moved
     else:
         cfg = build_config(method or "simclr", preset=preset, config_file=config_file, overrides=extra)
         out_dir = Path(cfg.train.out_dir)
-        held = [f for f in RUN_FILES if (out_dir / f).exists()]
-        if held and not overwrite:
-            raise SelfSupError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume, "
-                               "replace it with --overwrite, or choose another --out")
+        _unfinished_run(out_dir, overwrite)
+    main = distributed.from_env().is_main  # under torchrun, rank 0 alone writes and locks
+    with hold_run_folder(out_dir, create=not resume) if main else contextlib.nullcontext() as lock:
+        ckpt = None
+        if resume:
+            ckpt = checkpoint.require_keys(checkpoint.load_checkpoint(out_dir), checkpoint.RESUME_KEYS,
+                                           out_dir / checkpoint.CHECKPOINT)
+            saved = from_dict(ckpt["config"])
+            if method is not None and method != saved.method:
+                raise SelfSupError(f"cannot resume: the run in {out_dir} is {saved.method}, not {method}; drop "
+                                   "--method or choose another --out")
+            saved.train.max_steps = None  # where the last session stopped; a resumed run goes on unless told again
+            cfg = validate(apply_overrides(saved, extra))
+        else:
+            leftovers = _unfinished_run(out_dir, overwrite)
+            if leftovers and not overwrite:
+                log(f"{out_dir} holds a run that stopped before its first checkpoint ({', '.join(leftovers)}); "
+                    "starting it again")
+        return _pretrain_locked(cfg, ckpt, obj, out_dir, lock, log)
 
+
+STARTED_FILES = (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt")  # a folder with one holds a run's work
+
+
+def _unfinished_run(out_dir: Path, overwrite: bool) -> list[str]:
+    """The files of a run in ``out_dir`` that stopped before its first checkpoint (it is
+    started again); a run with a checkpoint or an encoder is refused unless ``overwrite``."""
+    work = [f for f in STARTED_FILES if (out_dir / f).exists()]
+    if work and not overwrite:
+        then = ("continue it with --resume, replace it with --overwrite" if checkpoint.CHECKPOINT in work else
+                "it has no checkpoint to resume; replace it with --overwrite")
+        raise SelfSupError(f"{out_dir} already holds a run ({', '.join(work)}); {then}, or choose another --out")
+    return [f for f in RUN_FILES if f not in work and (out_dir / f).exists()]
+
+
+def _require_checkpoint(out_dir: Path) -> None:
+    """A run folder without a checkpoint cannot be resumed; say what to do instead (what
+    :func:`_unfinished_run` will accept)."""
+    if not out_dir.is_dir():
+        checkpoint.load_checkpoint(out_dir)  # its "not found", or a file given where a folder is meant
+        raise SelfSupError(f"--out {out_dir} is a file; --resume continues the run in a folder")
+    if (out_dir / checkpoint.CHECKPOINT).exists():
+        return
+    work = [f for f in STARTED_FILES if (out_dir / f).exists()]
+    if work:
+        raise SelfSupError(f"cannot resume: {out_dir} holds no checkpoint, only {', '.join(work)}; replace it with "
+                           "--overwrite or choose another --out")
+    raise SelfSupError(f"cannot resume: {out_dir} holds no checkpoint (its run stopped before saving one); start it "
+                       "again without --resume")
+
+
+def _pretrain_locked(cfg: RunConfig, ckpt: dict | None, obj: Any, run_dir: Path, lock: Any,
+                     log: Callable[[str], None]) -> Run:
+    """:func:`pretrain` once the folder is decided and locked: data, model, training, and the
+    exported encoder (all under the lock)."""
     if cfg.data.source.startswith(PYTHON_SOURCE) and obj is None:
         raise SelfSupError("this run was trained on a Python object: pass it again as data= to resume")
     saved_tokenizer = ckpt["encoder"]["kwargs"].get("tokenizer") if ckpt else None
@@ -316,16 +367,14 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
     torch.manual_seed(cfg.train.seed)  # weights are a function of the seed
     encoder = rebuild_encoder(ckpt["encoder"]).train() if ckpt else initial_encoder(cfg, ds, log)
     m = create_method(cfg.method, encoder, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
-    run_dir = Path(cfg.train.out_dir)
     precision = choose_precision(select_device(cfg.train.device), cfg.train.amp)
 
-    def write_run_files() -> None:  # once the engine has checked everything and holds the folder's lock
+    def write_run_files() -> None:  # once the engine has checked everything
         stale = STALE_FILES if ckpt else RUN_FILES + STALE_FILES  # a resumed run's summary no longer holds
         for f in stale:
             (run_dir / f).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        atomic_write_text(run_dir / "env.json",
-                                     json.dumps({**versions(), "precision": str(precision)}, indent=2))
+        atomic_write_text(run_dir / "env.json", json.dumps({**versions(), "precision": str(precision)}, indent=2))
 
     log(f"data {ds.name}: {len(ds.train)} training {describe(ds)}")
     monitor = None
@@ -333,11 +382,14 @@ def pretrain(method: str | None = None, data: Any = None, *, preset: str | None 
         monitor = OnlineMonitor(ds.train, fresh_copy(encoder, cfg.train.seed), epochs=cfg.train.epochs,
                                 samples=cfg.train.monitor_samples, seed=cfg.train.seed, amp=cfg.train.amp)
     history = engine.train(m, ds.train, cfg, run_dir, resume=ckpt or False, log=log, on_start=write_run_files,
-                           monitor=monitor)
+                           monitor=monitor, lock=lock)
     if distributed.from_env().is_main:
-        export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
+        try:
+            export_encoder(m.encoder, run_dir / "encoder.safetensors", format="selfsup", overwrite=True)
+        except WriteError as err:
+            raise WriteError(f"{err}; the checkpoint {run_dir / checkpoint.CHECKPOINT} is whole: --resume writes the "
+                             "encoder again") from None
     return Run(cfg, run_dir, m, ds, history)
-
 
 
 def check_modalities(cfg: RunConfig, ds: Dataset) -> None:
@@ -527,38 +579,55 @@ def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
     part = ds.train if split == "train" else ds.test
     if part is None:
         raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)  # the partial folders and files of embeds killed before they finished
     tmp = out / f".embed-{os.getpid()}.partial"
     tmp.mkdir(exist_ok=True)
     try:
         _write_embeddings(enc, part, {k: tmp / n for k, n in names.items()}, progress=progress, chunk=chunk, amp=amp)
         for n in names.values():
             os.replace(tmp / n, out / n)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # only when empty: a folder this call made and filled with nothing
+                out.rmdir()
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {k: out / n for k, n in names.items()}
 
 
 def _write_embeddings(enc, part, paths: dict[str, Path], *, progress: bool, chunk: int, amp: bool) -> None:
-    from numpy.lib.format import open_memmap
+    """The four files, ``chunk`` samples at a time, every byte through selfsup's one write
+    path (:mod:`selfsup.files`): the .npy headers first, then each chunk's features, ids
+    and CSV rows."""
+    from numpy.lib import format as npy
+    from tqdm.auto import tqdm
 
     n, d = len(part), enc.num_features
-    feats = open_memmap(paths["embeddings"], mode="w+", dtype=np.float32, shape=(n, d))
-    extract_features(enc, part, progress=progress, out=feats, amp=amp)
-    feats.flush()
-    np.save(paths["labels"], np.asarray(part.labels))
     chunks = [np.arange(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    width = max((len(str(i)) for c in chunks for i in part.ids[c]), default=1)
-    ids = open_memmap(paths["ids"], mode="w+", dtype=f"<U{width}", shape=(n,))
-    with paths["table"].open("w", newline="") as f:
-        table = csv.writer(f)
+    id_type = np.dtype(f"<U{max((len(str(i)) for c in chunks for i in part.ids[c]), default=1)}")
+    atomic_write(paths["labels"], lambda f: np.save(f, np.asarray(part.labels)))
+    with open_atomic(paths["embeddings"]) as feats_file, open_atomic(paths["ids"]) as ids_file, \
+            open_atomic(paths["table"]) as table_file:
+        for f, dtype, shape in ((feats_file, np.dtype(np.float32), (n, d)), (ids_file, id_type, (n,))):
+            npy.write_array_header_1_0(f, {"descr": npy.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        text = io.TextIOWrapper(table_file, encoding="utf-8", newline="")
+        table = csv.writer(text)
         table.writerow(["id", "label", *(f"f{i}" for i in range(d))])
-        for c in chunks:
-            ids[c] = chunk_ids = np.asarray(part.ids[c], dtype=str)
-            for i, name, row in zip(c, chunk_ids, feats[c]):
-                table.writerow([name, int(part.labels[i]), *(f"{v:.6g}" for v in row)])
-    ids.flush()
-    del feats, ids
+        with tqdm(total=n, disable=not progress, desc="embeddings", unit="sample", leave=False) as bar:
+            for c in chunks:
+                feats = extract_features(enc, part.subset(c), amp=amp).numpy().astype(np.float32, copy=False)
+                chunk_ids = np.asarray(part.ids[c], dtype=str)
+                feats_file.write(np.ascontiguousarray(feats).tobytes())
+                ids_file.write(chunk_ids.astype(id_type).tobytes())
+                for i, name, row in zip(c, chunk_ids, feats):
+                    table.writerow([name, int(part.labels[i]), *(f"{v:.6g}" for v in row)])
+                bar.update(len(c))
+        text.flush()
+        text.detach()  # the file is closed (and renamed into place) by open_atomic
 
 
 SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed", "alignment", "relative_alignment",
@@ -597,7 +666,7 @@ def inspect_encoder(encoder: Encoder | str | Path, data: Any = "shapes", *,
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "inspect.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(out / "inspect.json", json.dumps(result, indent=2))
         part = ds.test if ds.test is not None else ds.train
         sub = np.random.default_rng(0).permutation(len(part))[:min(2000, len(part))]
         shown = part.subset(sub)

@@ -28,6 +28,7 @@ import torch
 
 from selfsup.api import pretrain, versions
 from selfsup.eval.features import extract_features
+from selfsup.files import atomic_write_text
 from selfsup.eval.finetune import ClassifierConfig
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import StudyConfig, format_table, fresh_copy, run_study, save
@@ -87,9 +88,9 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int | None = None, qu
     result = {"config": cfg.to_dict(), "versions": versions(), "knn": knn, "heldout": heldout,
               "label_efficiency": result_le["summary"], "pretrain_seconds": t_pretrain,
               "total_seconds": time.perf_counter() - t0, "scratch_budget_steps": study.classifier.steps}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     table = format_table(result_le["summary"], study.protocols)
-    (out / "report.md").write_text(render_report(result, table, demo))
+    atomic_write_text(out / "report.md", render_report(result, table, demo))
     log("\n" + table)
     log(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'embedding_map.png'} "
         f"in {result['total_seconds']:.0f} s")

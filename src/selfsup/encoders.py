@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from selfsup.errors import SelfSupError
-from selfsup.files import atomic_write_text
+from selfsup.files import WriteError, atomic_write_text, remove_stale
 from selfsup.models import Encoder, TextEncoder, rebuild_encoder
 from selfsup.models.backbones import LibraryNet
 from selfsup.models.runtime import select_device
@@ -60,11 +60,7 @@ def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = N
         if not isinstance(encoder, TextEncoder):
             raise SelfSupError("--format hf exports text encoders; export an image encoder as selfsup, torchvision "
                                "or timm")
-        tmp = path.with_name(f".{path.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        encoder.save_pretrained(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        _save_folder(encoder, path)
     elif format == "selfsup":
         checkpoint.save_encoder_file(path, {"name": encoder.name, "kwargs": encoder.kwargs}, encoder.state_dict())
     else:
@@ -83,6 +79,27 @@ def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = N
         checkpoint.save_state_file(path, net.library_model.state_dict())
         atomic_write_text(path.with_suffix(".json"), json.dumps(how, indent=2))
     return path
+
+
+def _save_folder(encoder: TextEncoder, path: Path) -> None:
+    """A Hugging Face folder, written by transformers beside ``path`` (``NAME.PID.tmp``) and
+    renamed into place; an earlier export is moved aside first and removed only once the
+    new one is there.  A failed write is one line naming the folder."""
+    from safetensors import SafetensorError
+
+    remove_stale(path.parent, path.name)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    old = path.with_name(f"{path.name}.old.{os.getpid()}.tmp")
+    try:
+        encoder.save_pretrained(tmp)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:  # transformers' writers raise their own
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0][:200]
+        raise WriteError(f"cannot write {path}: {why}") from None
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_output(path: Path, *, overwrite: bool, folder: bool, source: str | Path | None) -> None:

@@ -36,11 +36,11 @@ import numpy as np
 
 from selfsup.data import Store
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write, atomic_write_text, open_atomic, remove_stale
 
 FORMAT = "selfsup-image-cache"
 VERSION = 1
 SPOT_CHECKS = 32  # records verified against their CRC when a cache is opened
-TMP_MARK = ".tmp"  # a build writes CACHE.tmpPID and renames it to CACHE when whole
 
 
 class CorruptCache(Exception):
@@ -167,8 +167,8 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
     ``(file, reason)``.  ``splits[name] = (files, labels, ids)``; ``decode(file)`` returns the
     record or an error message.  With ``strict`` the first failure raises."""
     workers = workers or min(8, os.cpu_count() or 1)
-    _remove_abandoned_builds(folder)
-    tmp = folder.with_name(folder.name + f"{TMP_MARK}{os.getpid()}")
+    remove_stale(folder.parent, folder.name)  # the half-built caches of builds that were killed
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     skipped: list[tuple[str, str]] = []
@@ -181,7 +181,7 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
             for split, (files, labels, ids) in splits.items():
                 p = _paths(tmp, split)
                 kept, crcs = [], []
-                with open(p["u8"], "wb") as out:
+                with open_atomic(p["u8"]) as out:
                     for i, record in _bounded_map(pool, decode, files, 4 * workers):
                         bar.update(1)
                         if isinstance(record, str):
@@ -194,15 +194,16 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
                         out.write(data)
                         crcs.append(zlib.crc32(data))
                         kept.append(i)
-                np.save(p["crc.npy"], np.asarray(crcs, dtype=np.uint32))
-                np.save(p["labels.npy"], np.asarray([labels[i] for i in kept], dtype=np.int64))
-                np.save(p["ids.npy"], np.asarray([ids[i] for i in kept], dtype=str))
+                for key, array in (("crc.npy", np.asarray(crcs, dtype=np.uint32)),
+                                   ("labels.npy", np.asarray([labels[i] for i in kept], dtype=np.int64)),
+                                   ("ids.npy", np.asarray([ids[i] for i in kept], dtype=str))):
+                    atomic_write(p[key], lambda f, a=array: np.save(f, a))
                 info[split] = {"n": len(kept), "record_shape": list(record_shape)}
         finally:  # on an error or Ctrl-C: drop the queued decodes, wait only for the running ones
             pool.shutdown(wait=True, cancel_futures=True)
         manifest = {**manifest, "format": FORMAT, "version": VERSION, "splits": info,
                     "skipped": len(skipped), "first_skipped": skipped[0] if skipped else None}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -210,31 +211,6 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return skipped
-
-
-def _remove_abandoned_builds(folder: Path) -> None:
-    """Remove the temporary folders of builds of ``folder`` whose process is gone (killed
-    before its own clean-up could run); a build still running is left alone."""
-    prefix = folder.name + TMP_MARK
-    if not folder.parent.is_dir():
-        return
-    for tmp in folder.parent.iterdir():
-        pid = tmp.name[len(prefix):]
-        if tmp.name.startswith(prefix) and pid.isdigit() and tmp.is_dir() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (True when that cannot be known)."""
-    if os.name == "nt":  # os.kill would end the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process, for one
-        return True
-    return True
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, window: int):

@@ -21,8 +21,6 @@ factors.  :func:`build` (the registered ``shapes`` source) caches its output as 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data import DATASETS, Dataset, ImageSet, check_path, default_cache_dir
+from selfsup.files import atomic_write
 
 VERSION = 2  # bump whenever the sampling or rendering changes: it keys the cache
 CLASSES = ["circle", "ring", "triangle", "square", "star", "cross", "crescent", "heart"]
@@ -260,19 +259,12 @@ def _read_cache(file: Path, sizes: dict[str, int], image_size: int) -> dict[str,
 
 
 def _write_cache(file: Path, sets: dict[str, ImageSet]) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    """Write atomically, through selfsup's one write path (:func:`selfsup.files.atomic_write`)."""
     arrays = {}
     for split, s in sets.items():
         arrays[f"{split}_images"], arrays[f"{split}_factors"] = s.images, s.factors
     file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(tmp, file)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(file, lambda out: np.savez(out, **arrays))
 
 
 @DATASETS.register(

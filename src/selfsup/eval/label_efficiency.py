@@ -44,6 +44,7 @@ import torch
 from selfsup.data import Dataset
 from selfsup.data.splits import stratified_subset
 from selfsup.errors import SelfSupError
+from selfsup.files import atomic_write_text
 from selfsup.eval.features import extract_features
 from selfsup.eval.finetune import ClassifierConfig, classifier_accuracy, train_classifier
 from selfsup.eval.knn import knn_accuracy
@@ -159,6 +160,6 @@ def save(result: dict, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "label_efficiency.json", "table": out / "label_efficiency.md"}
-    paths["json"].write_text(json.dumps(result, indent=2))
-    paths["table"].write_text(format_table(result["summary"], result["protocols"]) + "\n")
+    atomic_write_text(paths["json"], json.dumps(result, indent=2))
+    atomic_write_text(paths["table"], format_table(result["summary"], result["protocols"]) + "\n")
     return paths

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from selfsup.files import atomic_write, atomic_write_text  # noqa: E402
+
 PROJECTIONS = ("pca", "tsne", "umap")  # the 2-D maps project_2d draws
 
 
@@ -63,7 +65,7 @@ def embedding_map(maps: dict[str, np.ndarray], labels: np.ndarray, classes: list
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=path.suffix[1:] or "png"))
     plt.close(fig)
     return path
 
@@ -287,7 +289,7 @@ def retrieval_list(queries, neighbours, path: str | Path) -> Path:
     lines = ["# Nearest neighbours in the representation (cosine)", ""]
     for q, row in zip(queries, neighbours):
         lines += [f"**{q}**", ""] + [f"{i}. {t}" for i, t in enumerate(row, 1)] + [""]
-    Path(path).write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return Path(path)
 
 
@@ -304,6 +306,4 @@ def label_efficiency_curves(summary: list[dict], protocols, path: str | Path) ->
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)

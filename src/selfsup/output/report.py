@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from selfsup.config import read_run_config
+from selfsup.files import atomic_write_text
 
 SECTIONS = ("summary", "curves", "results", "images", "env", "config")
 SUMMARY, SUMMARY_MAP = "summary.json", "summary_map.png"
@@ -257,5 +258,5 @@ def write_report(run_dir: str | Path, out_path: str | Path | None = None, *,
         f"{body}\n</body></html>\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    atomic_write_text(out, page)
     return out

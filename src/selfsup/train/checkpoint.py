@@ -32,8 +32,9 @@ ENCODER_FORMAT = "selfsup-encoder"
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a
     half-written checkpoint in place of the last good one, and a failed write (a full or
-    read-only disk) leaves neither a temporary file nor a changed one."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    read-only disk) leaves neither a temporary file nor a changed one, and is a one-line
+    :class:`~selfsup.files.WriteError` (torch's own "unexpected pos" never reaches the user)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -60,19 +61,18 @@ def is_torch_file(path: Path) -> bool:
 
 def save_encoder_file(path: Path, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
     """The encoder as safetensors, its spec in the header (atomic)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     meta = {"format": ENCODER_FORMAT, "version": "2", "encoder": json.dumps(spec)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda f: f.write(save(tensors, metadata=meta)))  # bytes: written through selfsup's file
 
 
 def save_state_file(path: Path, state: dict[str, torch.Tensor]) -> None:
     """A plain state dict as safetensors (atomic), for another library to load."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
-                                             str(tmp)))
+    atomic_write(path, lambda f: f.write(save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})))
 
 
 def read_encoder(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -32,40 +32,41 @@ from selfsup.data import SampleSet, to_input
 from selfsup.data.loader import Loader
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
+from selfsup.files import WriteError, append_text, atomic_write_text
 from selfsup.methods.base import Method
 from selfsup.models.runtime import choose_precision, fast_layout, keep_freed_memory, select_device
 from selfsup.schedules import cosine_schedule, lr_schedule
 from selfsup.train.checkpoint import CHECKPOINT, FORMAT, RESUME_KEYS, atomic_save, load_checkpoint, require_keys
 from selfsup.train.monitor import CollapseMonitor
 from selfsup.train.optim import build_optimizer, scaled_lr
-from selfsup.train.safety import LOCK, RunLock, StopAtStepBoundary, first_nonfinite
+from selfsup.train.safety import RunLock, StopAtStepBoundary, first_nonfinite, hold_run_folder
 
 
 def train(method: Method, data: SampleSet, cfg: RunConfig, run_dir: str | Path, *,
           resume: bool | dict[str, Any] = False, log: Callable[[str], None] = print,
-          on_start: Callable[[], None] | None = None, monitor: Any = None) -> list[dict[str, float]]:
+          on_start: Callable[[], None] | None = None, monitor: Any = None,
+          lock: RunLock | None = None) -> list[dict[str, float]]:
     """Pretrain ``method`` on the samples of ``data`` (an ImageSet or a TextSet, or a
     (N, H, W, C) uint8 array); returns the logged metrics.
 
     ``resume``: True continues from the run folder's last checkpoint; a checkpoint dict
     already read with :func:`load_checkpoint` is used as is.  The folder is locked for
-    the whole call (:class:`~selfsup.train.safety.RunLock`); ``on_start`` is called once
-    every check has passed, just before the first step (the API writes the run's
-    config there, so a run that fails to start leaves the folder as it was).
+    the whole call (:func:`~selfsup.train.safety.hold_run_folder`), unless the caller
+    passes the ``lock`` it already holds (the API locks before it decides whether the
+    folder holds a run).  ``on_start`` is called once every check has passed, just
+    before the first step (the API writes the run's config there, so a run that fails
+    to start leaves the folder as it was).
     ``monitor`` (e.g. :class:`selfsup.eval.monitor.OnlineMonitor`) is asked every
     ``train.monitor_every`` epochs, and at the end, ``measure(encoder, epoch) -> (metrics,
     message)``; its metrics join that step's record, its message is printed."""
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with RunLock(run_dir) if distributed.from_env().is_main else contextlib.nullcontext():  # rank 0 writes
-            return _train(method, data, cfg, run_dir, resume, log, on_start, monitor)
-    except BaseException:
-        if created and [p.name for p in run_dir.iterdir()] in ([], [LOCK]):  # a run that never started
-            (run_dir / LOCK).unlink(missing_ok=True)
-            run_dir.rmdir()
-        raise
+    if lock is not None and lock.path.parent.resolve() != run_dir.resolve():
+        raise ValueError(f"train() was given the lock of {lock.path.parent}, not of {run_dir}")
+    own = lock is None and distributed.from_env().is_main  # rank 0 writes
+    if not own:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_run_folder(run_dir) if own else contextlib.nullcontext():
+        return _train(method, data, cfg, run_dir, resume, log, on_start, monitor)
 
 
 def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, monitor) -> list[dict[str, float]]:
@@ -206,12 +207,15 @@ class Trainer:
         tc, main = self.cfg.train, self.world.is_main
         self.board = _tensorboard(self.run_dir) if tc.tensorboard and main else None
         if main:
-            if resumed:
-                _truncate_metrics(self.metrics_path, self.step)
-            elif self.metrics_path.exists():
-                self.metrics_path.unlink()
-            if on_start is not None:
-                on_start()
+            try:
+                if resumed:
+                    _truncate_metrics(self.metrics_path, self.step)
+                elif self.metrics_path.exists():
+                    self.metrics_path.unlink()
+                if on_start is not None:
+                    on_start()
+            except WriteError as err:
+                raise self._write_failed(err) from None
         self.step_fn = distributed.training_step(self.method, self.device)  # DDP under several processes
         self.collapse = CollapseMonitor()
         self.bar = _progress(self.total, self.step, tc.progress and main)
@@ -288,8 +292,10 @@ class Trainer:
         rec["collapse_suspected"] = bool(warning)
         self.history.append(rec)
         if self.world.is_main:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            try:
+                append_text(self.metrics_path, json.dumps(rec) + "\n")
+            except WriteError as err:
+                raise self._write_failed(err) from None
         if self.board is not None:
             for key, v in rec.items():
                 if key != "step" and isinstance(v, (int, float)):
@@ -312,6 +318,12 @@ class Trainer:
         self.saved_step = self.step
         if not self.world.is_main:
             return
+        try:
+            self._write_checkpoint()
+        except WriteError as err:  # the rename never happened: the last checkpoint is the one there was
+            raise self._write_failed(err) from None
+
+    def _write_checkpoint(self) -> None:
         atomic_save({
             "format": FORMAT, "config": self.cfg.to_dict(), "step": self.step,
             "method_state": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -338,6 +350,12 @@ class Trainer:
                if "knn_monitor" in final else "")
         self.log(f"{knn}effective rank {final['eff_rank']:.1f} (random init {final['eff_rank_random_init']:.1f}) "
                  f"on {final['monitor_samples']} training samples")
+
+    def _write_failed(self, err: WriteError) -> WriteError:
+        """``err`` and what the run can go on from: its last checkpoint, or a fresh start."""
+        then = ("continue from it with --resume" if self.ckpt_path.exists() else
+                "run the same command again to start over")
+        return WriteError(f"{err}; {self._last_good()}; {then}")
 
     def _last_good(self) -> str:
         if self.ckpt_path.exists():
@@ -391,11 +409,26 @@ def _position(loader: Loader, step: int, n: int) -> dict[str, int]:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint a run resumes from."""
+    """Drop metric lines written after the checkpoint a run resumes from, and a torn last
+    line (a process killed during an append); any other line that is not a record is a
+    one-line error, not a traceback.  The file is rewritten atomically."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    keep = []
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+                raise ValueError("a record has a step")
+        except ValueError:
+            if i == len(lines):
+                break  # torn by a kill during the append
+            raise SelfSupError(f"{path} line {i} is not a metrics record; repair or remove that line, then "
+                               "resume") from None
+        if record["step"] <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _progress(total: int, initial: int, enabled: bool):
