@@ -41,8 +41,9 @@ MODES = ("ENOSPC", "EIO", "kill")
 
 def session(base: Path) -> list[list[str]]:
     """The reference session's commands, on files under ``base`` (the data cache too:
-    ``SELFSUP_CACHE`` is ``base/cache``)."""
-    data = ["--data", f"folder:{base / 'imgs'}"]
+    ``SELFSUP_CACHE`` is ``base/cache``).  The images lie beside ``base``: a copy of them
+    would be new files (new inodes), which the cache rightly does not trust."""
+    data = ["--data", f"folder:{base.parent / 'imgs'}"]
     train = ["--batch-size", "16", "--image-size", "8", "--no-progress", "--set", "train.monitor_every=0",
              "--set", "train.threads=1", "--set", "train.log_every=1", "--set", "train.checkpoint_every=1",
              "--set", "backbone_cfg={width: 4}", "--out", str(base / "R")]
@@ -108,7 +109,8 @@ def reference(tmp_path_factory):
     base, snaps = root / "work", root / "snap"
     cache = os.environ.get("SELFSUP_CACHE")
     os.environ["SELFSUP_CACHE"] = str(base / "cache")
-    images(base / "imgs")
+    images(root / "imgs")
+    base.mkdir()
     writes: list[tuple[int, Path, int]] = []
     command = 0
     init, write = files.WriteFile.__init__, files.WriteFile.write
