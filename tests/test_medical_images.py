@@ -372,3 +372,20 @@ def test_arrays_and_pictures_of_4_bands(tmp_path):
     np.testing.assert_array_equal(as_dataset(bands.transpose(0, 3, 1, 2)).train.read([0, 1, 2]), bands)  # NCHW
     assert resize_images(bands, 8).shape == (3, 8, 8, 4)
     assert image_grid([bands], ["bands"], tmp_path / "grid.png").is_file()  # the first three shown as RGB
+
+
+def test_a_cache_of_16_bit_images_built_before_windows_is_built_again(tmp_path):
+    deep, eight = tmp_path / "deep", tmp_path / "eight"
+    for root, dtype in ((deep, np.uint16), (eight, np.uint8)):
+        root.mkdir()
+        for i in range(3):
+            Image.fromarray(gradient(i, 0, 4095 if dtype == np.uint16 else 255).astype(dtype)).save(root / f"{i}.png")
+    for root in (deep, eight):
+        load(root, cache_dir=tmp_path / "c")
+        manifest = folder._cache_folder(root.resolve(), SIZE, tmp_path / "c") / "manifest.json"
+        old = {k: v for k, v in json.loads(manifest.read_text()).items() if k not in ("window", "channels")}
+        manifest.write_text(json.dumps(old))  # as an earlier selfsup wrote it
+    _, messages = load(deep, cache_dir=tmp_path / "c")
+    assert any("cached by an earlier selfsup" in m for m in messages), messages
+    _, messages = load(eight, cache_dir=tmp_path / "c")
+    assert not messages  # an 8-bit folder's cache stays as it is
