@@ -103,7 +103,7 @@ def _open(root, cache_root, **kw):
 def _count_decodes(monkeypatch):
     calls = []
     real = folder._try_decode
-    monkeypatch.setattr(folder, "_try_decode", lambda f, size: calls.append(f) or real(f, size))
+    monkeypatch.setattr(folder, "_try_decode", lambda f, size, *plan: calls.append(f) or real(f, size, *plan))
     return calls
 
 

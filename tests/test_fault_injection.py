@@ -202,7 +202,9 @@ def test_every_write_fails_once_and_nothing_is_lost(reference, one_thread):
     first = {c: next(i for i, (cc, _, _) in enumerate(writes) if cc == c) for c, _, _ in writes}
     for k, (command, target, size) in enumerate(writes):
         for mode in MODES:
-            at = {"ENOSPC": 0, "EIO": size // 2, "kill": rng.randrange(size)}[mode]
+            # the kill lands in the first three quarters: a metrics line's length varies from run
+            # to run with its timings, so a byte near the reference's end may never be written
+            at = {"ENOSPC": 0, "EIO": size // 2, "kill": rng.randrange(max(1, size * 3 // 4))}[mode]
             shutil.rmtree(base)
             shutil.copytree(snaps / str(command), base)
             before = load_state(base)

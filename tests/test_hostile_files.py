@@ -91,11 +91,11 @@ def test_case_4_a_fifo_is_skipped_and_a_half_built_cache_is_cleaned(tmp_path, mo
     (root / "img4.png").write_bytes((root / "img0.png").read_bytes())
     decode, calls = folder._try_decode, []
 
-    def interrupted(file, size):
+    def interrupted(file, size, *plan):
         calls.append(file)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return decode(file, size)
+        return decode(file, size, *plan)
 
     monkeypatch.setattr(folder, "_try_decode", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -32,6 +32,7 @@ from selfsup.config import RunConfig, apply_overrides, coerce, from_dict, load_y
 from selfsup.data import Dataset, as_dataset, hold_out_test
 from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
+from selfsup.data.pixels import window_key
 from selfsup.data.python import as_samples
 from selfsup.errors import SelfSupError
 from selfsup.files import WriteError, atomic_write, atomic_write_text, open_atomic, remove_stale
@@ -122,11 +123,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "at least 1"),
         (d.num_train is None or d.num_train >= 1, "data.num_train", "at least 1"),
         (d.image_size is None or d.image_size >= 1, "data.image_size", "at least 1"),
+        (d.channels is None or d.channels >= 1, "data.channels", "at least 1 (or null: automatic)"),
         (d.max_length >= 4, "data.max_length", "at least 4"), (d.vocab_size >= 64, "data.vocab_size", "at least 64"),
     ]
     for ok, option, must in rules:
         if not ok:
             raise SelfSupError(f"{option} must be {must}, got {operator.attrgetter(option)(cfg)}")
+    window_key(d.window)  # a bad data.window is a one-line error now, not after the data is read
     # the largest tensors these sizes ask for, before anything is allocated: a batch of
     # views in float32 (images) or one layer's attention scores per head (text)
     if d.image_size is not None:
@@ -211,13 +214,22 @@ def text_options(cfg: RunConfig, tokenizer: Any = None) -> TextOptions:
                        unit=d.text_unit)
 
 
+def pixel_options(cfg: RunConfig) -> dict[str, Any]:
+    """data.window and data.channels where they are not the defaults: what a folder's
+    decoding takes, and what the run's encoder records so that evaluating, embedding and
+    inspecting decode the images the same way."""
+    d = cfg.data
+    options = {"window": window_key(d.window)} if window_key(d.window) != "auto" else {}
+    return {**options, **({"channels": d.channels} if d.channels is not None else {})}
+
+
 def load_data(cfg: RunConfig, data: Any = None, *, tokenizer: Any = None) -> Dataset:
     """The run's data: ``data`` (a Python object, see :func:`selfsup.data.as_dataset`) or
     the source named in the config."""
     d = cfg.data
     ds = as_dataset(d.source if data is None else data, image_size=d.image_size, cache_dir=d.cache_dir,
                     strict=d.strict, download=d.download, seed=0, in_memory=d.in_memory, progress=cfg.train.progress,
-                    text=text_options(cfg, tokenizer))
+                    text=text_options(cfg, tokenizer), **pixel_options(cfg))
     if d.num_train is not None:
         ds.train = ds.train.subset(np.arange(min(d.num_train, len(ds.train))))
     return ds
@@ -416,7 +428,7 @@ def initial_encoder(cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = pr
                                **cfg.backbone_cfg)
     mean, std = channel_stats(ds.train)
     enc = create_backbone(cfg.backbone, in_chans=ds.channels, image_size=ds.image_size, mean=mean, std=std,
-                          **cfg.backbone_cfg)
+                          data=pixel_options(cfg) or None, **cfg.backbone_cfg)
     if cfg.init:
         log(f"init from {cfg.init}: {load_init_weights(enc, cfg.init)}")
     return enc

@@ -25,6 +25,12 @@ class DataConfig:
     download: bool = False             # allow torchvision sources to download (never in tests)
     cache_dir: str | None = None       # where generated data and decoded folders are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)
     in_memory: bool = False            # folders: hold the decoded images in memory instead of reading the disk cache
+    # folders: how values of more than 8 bits (16-bit PNG/TIFF, DICOM after its rescale) become 0..255 --
+    # auto = from the lowest to the highest value of the folder's deeper files (8-bit files untouched);
+    # max = 0 to the highest value; container = each file's full range (0..65535 for 16 bits);
+    # LO,HI = a fixed window in the files' units, e.g. -1000,400 (CT, Hounsfield units), applied to every file
+    window: str = "auto"
+    channels: int | None = None        # folders: channels per image; None = 3 (grey and colour as RGB) or the band count of multi-band TIFFs; 1 = grey; 4 keeps RGBA alpha as data
     tokenizer: str | None = None       # text: a local tokenizer folder (None = train WordPiece on the train split)
     max_length: int = 128              # text: tokens per sample, [CLS] and [SEP] included; longer ones are truncated
     vocab_size: int = 8192             # text: WordPiece vocabulary size when training one

@@ -56,7 +56,7 @@ class SampleSpec:
 
     modality: str = "image"            # "image" or "text"
     image_size: int | None = None      # side in px; images are square
-    channels: int | None = None        # 1 or 3
+    channels: int | None = None        # 1 (grey), 3 (RGB) or any other count of data bands
     vocab_size: int | None = None      # text: tokenizer vocabulary
     seq_len: int | None = None         # text: tokens per sample
     classes: tuple[str, ...] = ()      # class names indexed by label; () when unlabeled
@@ -179,7 +179,7 @@ class ImageSet(SampleSet):
     :class:`IndexedView` of one of them.
     """
 
-    images: Any  # (N, H, W, C) uint8 store, C = 1 or 3, square sides
+    images: Any  # (N, H, W, C) uint8 store, square sides; C = 1 (grey), 3 (RGB) or any count of bands
     labels: np.ndarray  # (N,) int64, -1 where unknown
     ids: Any  # (N,) str, stable per image (an array, or a store indexed like one)
     classes: list[str]  # class names indexed by label; [] when unlabeled
@@ -189,8 +189,8 @@ class ImageSet(SampleSet):
 
     def __post_init__(self):
         shape, dtype = tuple(self.images.shape), self.images.dtype
-        if len(shape) != 4 or shape[3] not in (1, 3) or dtype != np.uint8:
-            raise ValueError(f"images must be (N, H, W, 1 or 3) uint8, got {shape} {dtype}")
+        if len(shape) != 4 or shape[3] < 1 or dtype != np.uint8:
+            raise ValueError(f"images must be (N, H, W, C) uint8, got {shape} {dtype}")
         self._check_lengths()
 
     @property
@@ -238,6 +238,8 @@ def create_dataset(
     in_memory: bool = False,
     progress: bool = True,
     text: Any = None,
+    window: str | None = None,
+    channels: int | None = None,
 ) -> Dataset:
     """Build the source named by ``spec`` (``NAME`` or ``NAME:PATH``).
 
@@ -248,7 +250,8 @@ def create_dataset(
     the split sizes; ``in_memory`` keeps a cached folder's images in memory instead of
     reading them from disk; ``progress`` shows a bar while a folder is being cached;
     ``text`` (a :class:`selfsup.data.text.TextOptions`) says how text sources read and
-    tokenise their samples.
+    tokenise their samples; ``window`` and ``channels`` say how a folder's images of more
+    than 8 bits or other than RGB become its records (:mod:`selfsup.data.pixels`).
     """
     name, _, path = spec.partition(":")
     builder = DATASETS.get(name)
@@ -268,6 +271,8 @@ def create_dataset(
         in_memory=in_memory,
         progress=progress,
         text=text,
+        window=window,
+        channels=channels,
     )
 
 
@@ -291,8 +296,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
         return images
     out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
     for i, image in enumerate(images):
-        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-        out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR)).reshape(size, size, -1)
+        planes = [image] if image.shape[2] == 3 else [image[..., k] for k in range(image.shape[2])]  # bands one by one
+        out[i] = np.concatenate([np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR))
+                                 .reshape(size, size, -1) for p in planes], axis=-1)
     return out
 
 

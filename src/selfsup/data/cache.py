@@ -165,7 +165,8 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
                 progress: bool = True) -> list[tuple[str, str]]:
     """Decode every file into a new cache at ``folder``; returns the skipped files as
     ``(file, reason)``.  ``splits[name] = (files, labels, ids)``; ``decode(file)`` returns the
-    record or an error message.  With ``strict`` the first failure raises."""
+    record, several records stacked (a multi-frame file: ids ``ID#0``, ``ID#1``, ...) or an
+    error message.  With ``strict`` the first failure raises."""
     workers = workers or min(8, os.cpu_count() or 1)
     remove_stale(folder.parent, folder.name)  # the half-built caches of builds that were killed
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
@@ -180,7 +181,7 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
         try:
             for split, (files, labels, ids) in splits.items():
                 p = _paths(tmp, split)
-                kept, crcs = [], []
+                kept_labels, kept_ids, crcs = [], [], []
                 with open_atomic(p["u8"]) as out:
                     for i, record in _bounded_map(pool, decode, files, 4 * workers):
                         bar.update(1)
@@ -190,15 +191,18 @@ def build_cache(folder: Path, splits: dict[str, tuple[list[Path], list[int], lis
                                                    "or drop --strict")
                             skipped.append((str(files[i]), record))
                             continue
-                        data = np.ascontiguousarray(record).tobytes()
-                        out.write(data)
-                        crcs.append(zlib.crc32(data))
-                        kept.append(i)
+                        frames = record.ndim > len(record_shape)  # a file of several images: ID#0, ID#1, ...
+                        for k, one in enumerate(record if frames else [record]):
+                            data = np.ascontiguousarray(one).tobytes()
+                            out.write(data)
+                            crcs.append(zlib.crc32(data))
+                            kept_labels.append(labels[i])
+                            kept_ids.append(f"{ids[i]}#{k}" if frames else ids[i])
                 for key, array in (("crc.npy", np.asarray(crcs, dtype=np.uint32)),
-                                   ("labels.npy", np.asarray([labels[i] for i in kept], dtype=np.int64)),
-                                   ("ids.npy", np.asarray([ids[i] for i in kept], dtype=str))):
+                                   ("labels.npy", np.asarray(kept_labels, dtype=np.int64)),
+                                   ("ids.npy", np.asarray(kept_ids, dtype=str))):
                     atomic_write(p[key], lambda f, a=array: np.save(f, a))
-                info[split] = {"n": len(kept), "record_shape": list(record_shape)}
+                info[split] = {"n": len(kept_ids), "record_shape": list(record_shape)}
         finally:  # on an error or Ctrl-C: drop the queued decodes, wait only for the running ones
             pool.shutdown(wait=True, cancel_futures=True)
         manifest = {**manifest, "format": FORMAT, "version": VERSION, "splits": info,

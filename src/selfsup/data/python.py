@@ -116,10 +116,11 @@ def from_array(images: np.ndarray, labels=None, *, image_size: int | None = None
     x = np.asarray(images)
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
-        x = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-    if x.ndim != 4 or x.shape[3] not in (1, 3) or x.shape[1] != x.shape[2]:
-        raise SelfSupError(f"images must be (N, H, W, C) with square sides and C = 1 or 3; got shape {x.shape}")
+    if x.ndim == 4 and x.shape[1] != x.shape[2] and x.shape[2] == x.shape[3]:
+        x = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C); square images tell them apart
+    if x.ndim != 4 or x.shape[1] != x.shape[2]:
+        raise SelfSupError(f"images must be (N, H, W, C) with square sides (C = 1 grey, 3 RGB or any count of "
+                           f"bands); got shape {x.shape}")
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.floating):
             raise SelfSupError(f"images must be uint8 or floats in [0, 1]; got {x.dtype}")

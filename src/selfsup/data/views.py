@@ -57,9 +57,11 @@ Differences from torchvision (documented choices, not bugs)
       DINO's local crops therefore get a proportionally smaller sigma than in DINO's
       code, which uses the same pixel sigma at 96 px as at 224 px.
 
-Images with ``C == 1`` get brightness/contrast but no saturation, hue or grayscale; images
-with ``C`` not in ``(1, 3)`` get the geometric ops plus brightness/contrast (contrast then
-blends with the mean over all channels).  Blur and solarize apply to any ``C``.
+Only ``C == 3`` is taken for colour: saturation, hue and grayscale apply to RGB alone.
+Images with ``C == 1`` (grey) get brightness and contrast; images with any other ``C``
+(data bands: multispectral, RGB + infrared, RGBA kept as data) get the same, with contrast
+blending each band with its own mean, since bands need not share a scale.  Blur and
+solarize (an intensity inversion of the bright values) apply to any ``C``.
 Half-precision inputs are processed in float32 and cast back; float64 stays float64.
 """
 from __future__ import annotations
@@ -297,9 +299,14 @@ def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend each image with the mean of its grayscale (mean of all channels when C != 3)."""
-    lum = grayscale(x) if x.shape[1] == 3 else x
-    mean = lum.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    """Blend each image with the mean of its grayscale (RGB), of its one channel (grey), or
+    each channel with its own mean (other counts: bands of their own scale, not colours)."""
+    if x.shape[1] == 3:
+        mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    elif x.shape[1] == 1:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    else:
+        mean = x.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
     f = _per_sample(factor)
     return (f * x + (1.0 - f) * mean).clamp(0.0, 1.0)
 

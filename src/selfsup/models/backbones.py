@@ -65,8 +65,9 @@ class Encoder(nn.Module):
         return self.net(self.normalize(x))
 
     def data_options(self) -> dict:
-        """What a data source needs to give this encoder its input: its image size."""
-        return {"image_size": self.kwargs.get("image_size")}
+        """What a data source needs to give this encoder its input: its image size and, when
+        its run set them, the window and channel count a folder's images are decoded with."""
+        return {"image_size": self.kwargs.get("image_size"), **self.kwargs.get("data", {})}
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.net, "forward_tokens"):
@@ -93,11 +94,13 @@ def takes_patch_size(builder: Callable[..., nn.Module]) -> bool:
 
 def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
                     mean: list[float] | None = None, std: list[float] | None = None,
-                    **kwargs) -> nn.Module:
+                    data: dict | None = None, **kwargs) -> nn.Module:
     """Build the registered backbone ``name``: an image backbone wrapped in an
-    :class:`Encoder` with the normalisation ``mean``/``std``; a text backbone (see
-    :mod:`selfsup.models.text`) takes ``tokenizer``, ``max_length`` and its shape in
-    ``kwargs`` and is its own encoder."""
+    :class:`Encoder` with the normalisation ``mean``/``std`` (one value per channel); a
+    text backbone (see :mod:`selfsup.models.text`) takes ``tokenizer``, ``max_length`` and
+    its shape in ``kwargs`` and is its own encoder.  ``data`` (``window``, ``channels``:
+    how the run decoded a folder's images) is recorded in the spec for
+    :meth:`Encoder.data_options`; it does not change the network."""
     builder = backbone_builder(name)
     if modality(name) == "text":
         return builder(**kwargs)
@@ -107,6 +110,8 @@ def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
     mean = list(mean) if mean is not None else [0.5] * in_chans
     std = list(std) if std is not None else [0.25] * in_chans
     spec = dict(in_chans=in_chans, image_size=image_size, mean=mean, std=std, **kwargs)
+    if data:
+        spec["data"] = dict(data)
     return Encoder(net, mean, std, name=name, kwargs=spec)
 
 
@@ -195,8 +200,9 @@ class TorchvisionNet(LibraryNet):
 
     ResNets get the CIFAR stem for inputs of at most 64 px (first conv 3x3 stride 1, no
     max-pool: the recipe of SimCLR/MoCo), and a first conv for ``in_chans`` when it is not
-    3; other models take grey images repeated to 3 channels.  Weights are randomly
-    initialised: nothing is downloaded.
+    3; other models take grey images repeated to 3 channels, and any other channel count
+    through their first 3-channel convolution rebuilt for ``in_chans`` (its shape otherwise
+    kept).  Weights are randomly initialised: nothing is downloaded.
     """
 
     library = "torchvision"
@@ -217,8 +223,10 @@ class TorchvisionNet(LibraryNet):
             elif in_chans != 3:
                 model.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
                 self.edits = [f"m.conv1 = torch.nn.Conv2d({in_chans}, {width}, 7, stride=2, padding=3, bias=False)"]
+        elif in_chans == 1:
+            self.repeat = 3  # grey -> RGB, as runs before other channel counts were taken did
         elif in_chans != 3:
-            self.repeat = 3 // in_chans
+            self.edits = [_replace_stem(model, arch, in_chans)]
         name = next((n for n in CLASSIFIER_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
         if name is None:
             raise SelfSupError(f"torchvision:{arch} has no classifier named {' / '.join(CLASSIFIER_NAMES)}; "
@@ -273,6 +281,23 @@ class TimmNet(LibraryNet):
         args = ", ".join(f"{k}={v!r}" for k, v in self.timm_kwargs.items())
         return {"build": [f"m = timm.create_model({self.timm_name!r}, pretrained=False, {args})"],
                 "input": "as the encoder"}
+
+
+def _replace_stem(model: nn.Module, arch: str, in_chans: int) -> str:
+    """Give ``model``'s first convolution that takes 3 channels ``in_chans`` instead; returns
+    the line of Python that does the same to ``m`` (for the export's recipe)."""
+    path = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+    if path is None:
+        raise SelfSupError(f"torchvision:{arch} has no 3-channel convolution to give {in_chans} channels; use "
+                           "a ResNet, timm:NAME or a selfsup backbone")
+    old = model.get_submodule(path)
+    args = dict(stride=old.stride, padding=old.padding, dilation=old.dilation, groups=old.groups,
+                bias=old.bias is not None)
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent), child, nn.Conv2d(in_chans, old.out_channels, old.kernel_size, **args))
+    where = "m" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
+    options = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return f"{where} = torch.nn.Conv2d({in_chans}, {old.out_channels}, {old.kernel_size!r}, {options})"
 
 
 def library_backbone(name: str) -> Callable[..., nn.Module] | None:

@@ -171,12 +171,16 @@ def factor_maps(xy: np.ndarray, factors: np.ndarray, factor_names: Sequence[str]
 
 
 def _as_display(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 or float in [0, 1] -> float (N, H, W, 3) in [0, 1] for imshow."""
+    """(N, H, W, C) uint8 or float in [0, 1] -> float (N, H, W, 3) in [0, 1] for imshow; of
+    images with other than 1 or 3 channels (data bands) the first three are shown as RGB
+    (the first alone, as grey, when there are two)."""
     x = np.asarray(images)
     if x.ndim == 3:  # (N, H, W): grey without a channel axis
         x = x[..., None]
-    if x.ndim != 4 or x.shape[3] not in (1, 3):
-        raise ValueError(f"images must be (N, H, W, 1 or 3), got {x.shape}")
+    if x.ndim != 4 or x.shape[3] < 1:
+        raise ValueError(f"images must be (N, H, W, C), got {x.shape}")
+    if x.shape[3] not in (1, 3):
+        x = x[..., :3] if x.shape[3] > 3 else x[..., :1]
     x = x.astype(np.float64) / 255 if x.dtype == np.uint8 else np.clip(x.astype(np.float64), 0, 1)
     return np.repeat(x, 3, axis=3) if x.shape[3] == 1 else x
 
