@@ -348,6 +348,9 @@ def library_model(recipe_file, x: torch.Tensor) -> torch.Tensor:
     x = (x - mean) / std
     if "repeated to 3 channels" in how["input"]:
         x = x.repeat(1, 3 // x.shape[1], 1, 1)
+    if "resize" in how:  # a pretrained model fed at the size it was trained at
+        x = torch.nn.functional.interpolate(x, size=how["resize"], mode="bilinear", align_corners=False,
+                                            antialias=True)
     with torch.no_grad():
         return scope["m"](x)
 

@@ -44,6 +44,7 @@ from selfsup.eval.monitor import OnlineMonitor
 from selfsup.methods import METHODS, Method, create_method
 from selfsup.methods.base import method_config
 from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebuild_encoder
+from selfsup.models import pretrained
 from selfsup.models.backbones import backbone_builder
 from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_device
 from selfsup.registry import unknown
@@ -431,6 +432,8 @@ def initial_encoder(cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = pr
                           data=pixel_options(cfg) or None, **cfg.backbone_cfg)
     if cfg.init:
         log(f"init from {cfg.init}: {load_init_weights(enc, cfg.init)}")
+    elif pretrained.is_pretrained(cfg.backbone):
+        log(f"{cfg.backbone}: {pretrained.load_weights(enc)}")
     return enc
 
 

@@ -77,7 +77,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--strict", action="store_true", help="unreadable image or text files are an error, not skipped")
     p.add_argument("--init", help="start from weights on disk: for text a local Hugging Face model folder (BERT "
                                   "family, with its tokenizer: continued MLM pretraining); for images a selfsup "
-                                  "export or a safetensors / torch state dict of the backbone")
+                                  "export, a safetensors / torch state dict of the backbone, or pretrained:NAME "
+                                  "(e.g. into --backbone timm:tf_efficientnet_lite0)")
     p.add_argument("--tokenizer", help="text: a local tokenizer folder (default: WordPiece trained on the "
                                        "training split, saved with the run)")
     p.add_argument("--max-length", type=int, help="text: tokens per sample, longer ones are truncated (default 128)")
@@ -92,7 +93,8 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("evaluate", help="kNN and linear-probe accuracy of a frozen encoder", parents=[_text_reading()],
                        description="Evaluate a frozen encoder on a labelled source's test split; for an MLM run "
                                    "also held-out masked-token accuracy and perplexity.")
-    p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
+    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
+                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", default="shapes", help="labelled data source (see `selfsup list`; default shapes)")
     p.add_argument("--k", type=int, default=20, help="neighbours for the weighted kNN (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
@@ -102,7 +104,8 @@ def _add_eval(sub) -> None:
 
     p = sub.add_parser("embed", help="write embeddings of a data source", parents=[_text_reading()],
                        description="Embed a data source: embeddings.npy, labels.npy, ids.npy, embeddings.csv.")
-    p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
+    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
+                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", required=True, help="data source to embed, e.g. folder:PATH")
     p.add_argument("--split", default="train", choices=["train", "test"], help="which split (default train)")
     p.add_argument("--out", required=True, help="output folder")
@@ -116,7 +119,7 @@ def _add_eval(sub) -> None:
                                    "as .safetensors, with how to build and feed that model printed and saved next "
                                    "to it. hf (text encoders, the default for them): a folder that "
                                    "transformers.AutoModel / AutoTokenizer load offline.")
-    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("run", help="run folder or checkpoint (or pretrained:NAME)")
     p.add_argument("--out", required=True, help="output .safetensors file, or folder for --format hf")
     p.add_argument("--format", help=f"{', '.join(EXPORT_FORMATS)} (default: hf for text encoders, selfsup "
                                     "otherwise)")
@@ -131,7 +134,8 @@ def _add_label_efficiency(sub) -> None:
                                    "against the same backbone trained from scratch with the same labels and "
                                    "steps (text: also TF-IDF + logistic regression). Prints mean +- std; writes "
                                    "JSON, a Markdown table and a plot.")
-    p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
+    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
+                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", default="shapes", help="labelled data source with a test split (default shapes)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="label budgets as fractions of the training split (default 0.01 0.1 1)")
@@ -153,7 +157,8 @@ def _add_inspect_report(sub) -> None:
                                    "next to the same backbone at random initialisation. Writes "
                                    "inspect.json and pictures (2-D maps by class and by factor, "
                                    "nearest-neighbour retrieval).")
-    p.add_argument("run", help="run folder, checkpoint (.pt) or exported encoder")
+    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
+                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", default="shapes", help="data source to inspect (default shapes)")
     p.add_argument("--transfer", help="also probe linearly on this other labelled source, e.g. digits")
     p.add_argument("--max-samples", type=int, default=5000, help="images used (default 5000)")
@@ -279,6 +284,8 @@ def cmd_inspect(a) -> None:
 
 
 def cmd_list(_a) -> None:
+    from selfsup.models import pretrained
+
     registries = {"methods": METHODS, "backbones": BACKBONES, "data sources": DATASETS, "optimizers": OPTIMIZERS,
                   "LR scaling (optim.lr_scaling)": LR_SCALINGS, "LR schedules (optim.schedule)": LR_SCHEDULES}
     w = max([len("torchvision:NAME")] + [len(n) for reg in registries.values() for n in reg])
@@ -286,7 +293,8 @@ def cmd_list(_a) -> None:
         print(f"{title}:")
         for n in reg:
             presets = f"  [presets: {', '.join(sorted(reg.get(n).presets))}]" if reg is METHODS else ""
-            print(f"  {n:{w}s}  {reg.help(n)}{presets}")
+            what = pretrained.describe(n) if reg is BACKBONES and pretrained.is_pretrained(n) else reg.help(n)
+            print(f"  {n:{w}s}  {what}{presets}")  # a pretrained model: whether its weights are installed, now
         if reg is BACKBONES:
             print(f"  {'timm:NAME':{w}s}  any timm model by name, e.g. timm:resnet18 (pooled features, classifier "
                   "removed)")

@@ -19,6 +19,7 @@ import torch
 from selfsup.errors import SelfSupError
 from selfsup.files import WriteError, atomic_write_text, remove_stale
 from selfsup.models import Encoder, TextEncoder, rebuild_encoder
+from selfsup.models import pretrained
 from selfsup.models.backbones import LibraryNet
 from selfsup.models.runtime import select_device
 from selfsup.train import checkpoint
@@ -75,7 +76,8 @@ def export_encoder(encoder: Encoder, path: str | Path, *, format: str | None = N
                "load": f"m.load_state_dict(safetensors.torch.load_file({str(path)!r})); m.eval()",
                "input": f"[0, 1] images (N, C, H, W), then (x - mean) / std per channel; {recipe['input']}",
                "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist(),
-               "output": f"(N, {encoder.num_features}) features, the classifier removed"}
+               "output": f"(N, {encoder.num_features}) features, the classifier removed",
+               **({"resize": recipe["resize"]} if "resize" in recipe else {})}  # [H, W] the model is fed at
         checkpoint.save_state_file(path, net.library_model.state_dict())
         atomic_write_text(path.with_suffix(".json"), json.dumps(how, indent=2))
     return path
@@ -123,7 +125,9 @@ def _check_output(path: Path, *, overwrite: bool, folder: bool, source: str | Pa
 
 
 def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
-    """Rebuild the encoder from a run folder, a checkpoint or an exported encoder.
+    """Rebuild the encoder from a run folder, a checkpoint or an exported encoder, or
+    build a pretrained one from weights installed on this machine (``pretrained:NAME``,
+    see :mod:`selfsup.models.pretrained`).
 
     Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) -- or
     token ids (N, L) -- to (N, D).  A Hugging Face model folder (a text export, or any
@@ -131,8 +135,10 @@ def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
     read first; when it is unreadable, the exported encoder beside it is used, with a
     warning.
     """
-    p = Path(path)
     dev = select_device(device or "auto")
+    if pretrained.is_pretrained(str(path)) and not Path(path).exists():
+        return pretrained.load_pretrained(str(path)).to(dev)
+    p = Path(path)
     if p.is_dir() and (p / "config.json").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
         return TextEncoder.from_pretrained(p).to(dev)  # a Hugging Face folder
     candidates = [p / f for f in (checkpoint.CHECKPOINT, "encoder.safetensors", "encoder.pt")] if p.is_dir() else [p]
@@ -194,13 +200,16 @@ def load_init_weights(enc: Encoder, path: str | Path) -> str:
     ``path`` is a selfsup export (or run), or a plain state dict -- safetensors, or a
     torch file read with ``weights_only`` -- of the whole encoder, of its backbone, or of
     the library model inside it (a torchvision or timm state dict, whose classifier is
-    dropped).  Anything that does not fit is a one-line error naming the keys."""
+    dropped), or ``pretrained:NAME``: that model's pretrained weights, as its timm state
+    dict.  Anything that does not fit is a one-line error naming the keys."""
     p = Path(path)
-    if not p.exists():
+    spec = pretrained.is_pretrained(str(path)) and not p.exists()
+    if not spec and not p.exists():
         raise SelfSupError(f"--init {path}: no such file")
-    if p.is_dir() or checkpoint.is_selfsup_file(p):
+    if not spec and (p.is_dir() or checkpoint.is_selfsup_file(p)):
         source = load_encoder(p, device="cpu")
-        if source.name != enc.name or source.kwargs.get("in_chans") != enc.kwargs.get("in_chans"):
+        chans = source.kwargs.get("in_chans"), enc.kwargs.get("in_chans")  # None: grey or RGB (pretrained:NAME)
+        if source.name != enc.name or (None not in chans and chans[0] != chans[1]):
             raise SelfSupError(f"--init {path} is a {source.name} encoder; this run builds {enc.name}")
         try:
             enc.net.load_state_dict(source.net.state_dict())
@@ -208,7 +217,7 @@ def load_init_weights(enc: Encoder, path: str | Path) -> str:
             raise SelfSupError(f"--init {path} does not fit this {enc.name} (another image size or width?): "
                                f"{str(err).strip().splitlines()[0][:160]}") from None
         return f"the {source.name} encoder of {path} (its normalisation replaced by this data's)"
-    state = checkpoint.read_state_dict(p)
+    state = pretrained.init_state_dict(str(path), enc) if spec else checkpoint.read_state_dict(p)
     targets = [("the backbone", enc.net)]
     if isinstance(enc.net, LibraryNet):
         targets.append((f"the {enc.net.library} model", enc.net.library_model))

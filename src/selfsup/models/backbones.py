@@ -107,6 +107,9 @@ def create_backbone(name: str, *, in_chans: int = 3, image_size: int = 32,
     net = builder(in_chans=in_chans, image_size=image_size, **kwargs)
     if takes_patch_size(builder):  # the patch size chosen, so a later default cannot change a saved encoder
         kwargs = {**kwargs, "patch_size": net.patch_size}
+    kwargs = {**kwargs, **getattr(net, "spec_kwargs", {})}  # what else the backbone chose (a pretrained input size)
+    if getattr(net, "normalization", None) is not None:  # a pretrained model's own, whatever the data's
+        mean, std = net.normalization
     mean = list(mean) if mean is not None else [0.5] * in_chans
     std = list(std) if std is not None else [0.25] * in_chans
     spec = dict(in_chans=in_chans, image_size=image_size, mean=mean, std=std, **kwargs)
@@ -120,7 +123,7 @@ def rebuild_encoder(spec: dict, state: dict[str, torch.Tensor] | None = None) ->
     export) in eval mode: with ``state`` loaded when given, freshly initialised (from the
     current torch seed) otherwise."""
     kwargs = dict(spec["kwargs"])
-    if ("patch_size" not in kwargs and 16 <= kwargs.get("image_size", 0) < 32
+    if ("patch_size" not in kwargs and 16 <= (kwargs.get("image_size") or 0) < 32
             and takes_patch_size(backbone_builder(spec["name"]))):
         kwargs["patch_size"] = 4  # saved before ViTs took 2 px patches by default from 16 to 31 px
     enc = create_backbone(spec["name"], **kwargs)
@@ -180,7 +183,8 @@ class LibraryNet(nn.Module):
     """Base of the backbones that are a library's own model (``library_model``): they
     export that model's plain state dict and say how to rebuild and feed it: ``recipe()``
     is ``{"build": [...], "input": ...}``, the lines of Python that build the model as
-    ``m`` and what ``m`` takes.  Like every backbone they have ``num_features``;
+    ``m`` and what ``m`` takes (and ``"resize": [H, W]`` for a model fed at a size of its
+    own, see :mod:`selfsup.models.pretrained`).  Like every backbone they have ``num_features``;
     ``forward(x)`` equals the rebuilt library model's output on ``x`` fed as ``"input"``
     says."""
 
