@@ -21,10 +21,29 @@ BATCH = 8  # the global batch: 4 images per process
 
 
 METHODS = REGISTRY.names()  # every registered method, also those added later
-OPTIONS = {"moco": {"queue_size": 64}, "dino": {"out_dim": 64, "n_local": 2}}  # smaller than the defaults
+OPTIONS = {"moco": {"queue_size": 64}, "dino": {"out_dim": 64, "n_local": 2},  # smaller than the defaults
+           "distill": {"loss": "both", "queue_size": 64, "hidden_dim": 32}}  # both losses: the SEED queue is gathered
 # each method runs on its cpu preset's backbone (small_cnn unless the preset names one), made small
 BACKBONE_OPTIONS = {"small_cnn": {"width": 4}, "vit_mae_tiny": {"patch_size": 4, "depth": 1},
                     "bert": {"max_length": 16, "layers": 1, "hidden": 32, "heads": 2}}
+
+
+def small_teacher() -> dict:
+    """distill's teacher: a small_cnn export written here (the same weights in every
+    process: a fixed seed) and read back as ``--teacher`` reads it."""
+    import tempfile
+
+    from selfsup.encoders import export_encoder, load_teacher
+    from selfsup.models import create_backbone
+
+    torch.manual_seed(1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_encoder(create_backbone("small_cnn", in_chans=3, image_size=16, width=4),
+                              f"{folder}/teacher.safetensors")
+        return {"teacher": load_teacher(str(path))}
+
+
+RESOURCES = {"distill": small_teacher}  # modules a method takes already built, made per process
 
 
 def backbone_of(method: str) -> str:
@@ -42,7 +61,8 @@ def build(method: str):
         enc = create_backbone(name, tokenizer=tokens()[1], **options)
     else:
         enc = create_backbone(name, in_chans=3, image_size=16, **options)
-    m = create_method(method, enc, OPTIONS.get(method, {}), image_size=16, channels=3)
+    m = create_method(method, enc, OPTIONS.get(method, {}), image_size=16, channels=3,
+                      **RESOURCES.get(method, dict)())
     m.setup_schedules(10, 5)
     # float64 so that the only difference left is the order of sums; BatchNorm on running
     # statistics: per-sample, the same in any split of the batch

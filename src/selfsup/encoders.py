@@ -19,6 +19,7 @@ import torch
 from selfsup.errors import SelfSupError
 from selfsup.files import WriteError, atomic_write_text, remove_stale
 from selfsup.models import Encoder, TextEncoder, rebuild_encoder
+from selfsup.methods.distill import teacher_error
 from selfsup.models import pretrained
 from selfsup.models.backbones import LibraryNet
 from selfsup.models.runtime import select_device
@@ -238,3 +239,43 @@ def load_init_weights(enc: Encoder, path: str | Path) -> str:
                        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
                        if keys)
     raise SelfSupError(f"--init {path} does not fit {what} of {enc.name} ({detail})")
+
+
+def teacher_spec_error(spec: str, weights: str = "") -> str | None:
+    """Why ``spec`` cannot be a distillation teacher, checked without loading anything (None
+    when it may be one): an empty spec, an unknown or uninstalled pretrained model, a
+    missing weight file or path."""
+    if not spec:
+        return teacher_error(spec)
+    if pretrained.is_pretrained(spec) and not Path(spec).exists():
+        try:
+            if weights:
+                pretrained.model_info(spec)
+                if not Path(weights).is_file():
+                    return f"--teacher-weights {weights}: no such file"
+            else:
+                pretrained.weights_file(spec)
+        except SelfSupError as err:
+            return f"--teacher {spec}: {err}"
+        return None
+    if weights:
+        return f"--teacher-weights applies to pretrained:NAME teachers, not to {spec}"
+    if not Path(spec).exists():
+        return (f"--teacher {spec}: no such run folder or encoder file (a teacher is pretrained:NAME, a selfsup run "
+                "folder or an exported selfsup encoder)")
+    return None
+
+
+def load_teacher(spec: str, weights: str = "") -> torch.nn.Module:
+    """The frozen teacher of ``--method distill``, on the CPU in eval mode: ``pretrained:NAME``
+    (``weights``: a local copy of its weight file) or a selfsup run folder / image encoder
+    export (:func:`load_encoder`).  A one-line error for anything else."""
+    why = teacher_spec_error(spec, weights)
+    if why:
+        raise SelfSupError(why)
+    if pretrained.is_pretrained(spec) and not Path(spec).exists():
+        return pretrained.load_pretrained(spec, weights or None)
+    enc = load_encoder(spec, device="cpu")
+    if isinstance(enc, TextEncoder):
+        raise SelfSupError(f"--teacher {spec} is a text encoder; distill trains on images")
+    return enc.eval()

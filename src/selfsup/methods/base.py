@@ -114,12 +114,13 @@ class Method(nn.Module):
 
 
 def create_method(name: str, encoder: Encoder, options: dict[str, Any] | None = None, *,
-                  image_size: int | None = None, channels: int | None = None) -> Method:
+                  image_size: int | None = None, channels: int | None = None, **resources: Any) -> Method:
     """Build method ``name`` around ``encoder``; ``options`` fill the method's Config.
     Image methods need the images' ``image_size`` and ``channels``; text methods take
-    what they need from the encoder's tokenizer."""
+    what they need from the encoder's tokenizer.  ``resources`` are modules a method takes
+    already built (distill's ``teacher=``), passed on to its constructor."""
     cls = METHODS.get(name)
-    return cls(encoder, method_config(name, options), image_size=image_size, channels=channels)
+    return cls(encoder, method_config(name, options), image_size=image_size, channels=channels, **resources)
 
 
 def method_config(name: str, options: dict[str, Any] | None = None) -> Any:

