@@ -84,7 +84,7 @@ class DistillConfig:
     # other images -- what kNN and retrieval use -- and it does not ask the student head to
     # reproduce every one of the teacher's dimensions; with small selfsup teachers on
     # `shapes` it learned at least as much as the cosine regression in each paired run
-    # tried (tests/test_distill.py, the report of issue 27).  cosine needs no queue and no
+    # tried (single runs, so a weak preference; docs/methods.md).  cosine needs no queue and no
     # temperatures; both sums them
     loss: str = "seed"                 # cosine | seed | both
     hidden_dim: int = 1024             # student head width
