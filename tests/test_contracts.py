@@ -162,6 +162,16 @@ def build(cfg: RunConfig, ds, seed: int):
     return create_method(cfg.method, enc, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
 
 
+def step(m, ds, x: torch.Tensor, generator: torch.Generator):
+    """``m.training_step`` on ``x`` (the first samples of ``ds``) as the engine calls it:
+    after the method's ``prepare`` on ``ds``'s training samples, and with ``index=`` for a
+    method that wants the samples' indices (distill's teacher cache)."""
+    with torch.no_grad():
+        m.prepare(ds.train, torch.device("cpu"))
+    kw = {"index": torch.arange(len(x))} if m.wants_index else {}
+    return m.training_step(x, generator, **kw)
+
+
 def batch_size(method: str) -> int:
     """Two samples per step: the fewest at which every method's loss is meaningful
     (``min_batch_size`` has its own test)."""
@@ -217,7 +227,7 @@ def test_method_step_gradients_and_state_dict(method, preset, one_thread):
         assert any(p.requires_grad for p in getattr(m, online).parameters()), f"{online} has nothing to train"
     at_start = {target: copy.deepcopy(getattr(m, target).state_dict()) for _, target in copies}
 
-    loss, logs = m.training_step(x, torch.Generator().manual_seed(0))
+    loss, logs = step(m, ds, x, torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and math.isfinite(loss.item()), loss
     assert all(math.isfinite(float(v)) for v in logs.values()), logs
     loss.backward()
@@ -247,7 +257,7 @@ def test_method_step_gradients_and_state_dict(method, preset, one_thread):
     for model in (m, fresh):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # dropout and stochastic depth draw from the global generator
-        step_loss, _ = model.training_step(x, torch.Generator().manual_seed(1))
+        step_loss, _ = step(model, ds, x, torch.Generator().manual_seed(1))
         step_loss.backward()
         losses.append(step_loss.detach())
     assert torch.equal(losses[0], losses[1])
@@ -301,7 +311,7 @@ def test_one_step_at_the_min_batch_size(method, preset, one_thread):
     ds = data_for(method)
     m = build(cfg, ds, seed=0).train()
     m.setup_schedules(1, 1)
-    loss, _ = m.training_step(batch(ds, m.min_batch_size), torch.Generator().manual_seed(0))
+    loss, _ = step(m, ds, batch(ds, m.min_batch_size), torch.Generator().manual_seed(0))
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(torch.isfinite(p.grad).all() for _, p in m.trainable_parameters() if p.grad is not None)

@@ -169,6 +169,55 @@ def test_a_run_teacher_through_pretrain_and_resume(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# --- the teacher cache (method_cfg.cache) ----------------------------------------------------
+
+
+def test_cache_runs_the_teacher_once_per_image_and_never_in_a_step(tmp_path):
+    """The teacher embeds each training image exactly once, before the first step (in batches
+    of cache_batch_size), and each step is given its images' global indices: the cache rows
+    it reads are the teacher's embeddings of that step's images."""
+    m = make_distill(loss="both", cache=True, cache_batch_size=5)
+    seen, counting = [], [True]
+    m.teacher.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()) if counting[0] else None)
+    step, steps = m.training_step, []
+
+    def checked_step(x, generator, index=None):
+        before = len(seen)
+        out = step(x, generator, index=index)
+        assert len(seen) == before  # the step never runs the teacher
+        counting[0] = False
+        assert torch.allclose(m.cache[index], m.teach(x), atol=1e-6)  # the right rows for these images
+        counting[0] = True
+        steps.append(index.clone())
+        return out
+
+    m.training_step = checked_step
+    data = images(16)
+    cfg = RunConfig(method="distill")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 8, False
+    engine.train(m, data, cfg, tmp_path, log=lambda s: None)
+    assert [len(v) for v in seen] == [5, 5, 5, 1]  # batched, every image once
+    assert torch.equal(torch.cat(steps[:2]).sort().values, torch.arange(16))  # an epoch covers every index
+    assert m.cache.shape == (16, m.teacher.num_features)
+    assert not any("cache" in k for k in m.state_dict())  # not training state: not in the checkpoint
+    assert int(m.queue_ptr) == (4 * 8) % 32  # each image's cached embedding enqueued once per step
+
+
+def test_cache_needs_the_engines_prepare_and_index():
+    m = make_distill(cache=True).train()
+    with pytest.raises(SelfSupError, match="prepare"):
+        m.training_step(images(4), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("loss", ["cosine", "both"])
+def test_stop_and_resume_with_a_cache_is_bit_exact(loss, tmp_path):
+    """The resumed run recomputes the cache (it is not in the checkpoint) and ends where the
+    uninterrupted run does."""
+    teacher = small_teacher()
+    stop_and_resume(lambda: make_distill(teacher, loss=loss, cache=True), images(24), tmp_path,
+                    stop_at=2, method="distill", base_lr=1e-2)
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -114,8 +114,8 @@ class StepModule(torch.nn.Module):
         super().__init__()
         self.method = method
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator):
-        return self.method.training_step(x, generator)
+    def forward(self, x: torch.Tensor, generator: torch.Generator, **kwargs):
+        return self.method.training_step(x, generator, **kwargs)  # kwargs: index= (Method.wants_index)
 
 
 def training_step(method: torch.nn.Module, device: torch.device):

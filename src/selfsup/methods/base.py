@@ -11,7 +11,11 @@ of its training state (EMA targets, queues, centres) as submodules and buffers, 
     method.after_optimizer_step(step)                       # EMA updates and the like
 
 ``setup_schedules(total_steps, steps_per_epoch)`` is called once before training with the
-run's length, for per-step schedules (EMA momentum, teacher temperature).
+run's length, for per-step schedules (EMA momentum, teacher temperature), and
+``prepare(samples, device, progress=...)`` once before the first step (also on a resumed
+run), under ``no_grad``, with the training samples (distill's teacher cache).  A method
+that sets ``wants_index = True`` is also given ``index=``, a LongTensor (N,) of the batch's
+sample indices into the training set, at each ``training_step``.
 
 Why this split: the engine owns what every method shares (the optimizer, AMP, gradient
 clipping, checkpoints, the step loop), and a method file stays one short module that reads
@@ -77,6 +81,7 @@ class Method(nn.Module):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> dotted RunConfig overrides
     min_batch_size: ClassVar[int] = 1        # smallest batch for which the loss is meaningful
     modality: ClassVar[str] = "image"        # what it trains on: "image" or "text"
+    wants_index: bool = False                # True: training_step also takes index= (the samples' indices)
 
     def __init__(self, encoder: Encoder, cfg: Any, *, image_size: int, channels: int):
         super().__init__()
@@ -90,6 +95,12 @@ class Method(nn.Module):
     def setup_schedules(self, total_steps: int, steps_per_epoch: int) -> None:
         self.total_steps = max(total_steps, 1)
         self.steps_per_epoch = max(steps_per_epoch, 1)
+
+    def prepare(self, samples: Any, device: torch.device, *, progress: bool = False) -> None:
+        """Called once before the first step, under ``no_grad``, with the training samples
+        (an ImageSet or a TextSet) and the run's device; state it computes here is not saved
+        with checkpoints, so it must be recomputable (a resumed run calls it again).
+        ``progress``: show a progress bar.  Default: nothing."""
 
     def training_step(self, x: torch.Tensor, generator: torch.Generator
                       ) -> tuple[torch.Tensor, dict[str, float]]:

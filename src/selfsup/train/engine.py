@@ -78,6 +78,7 @@ def _train(method, data, cfg: RunConfig, run_dir: Path, resume, log, on_start, m
         run.log(f"the run in {run_dir} is already at step {run.step} of {run.stop_at}: nothing to train "
                 f"(raise --epochs to extend it)")
         return []
+    run.prepare()
     run.open_logs(resumed=bool(resume), on_start=on_start)
     run.method.train()
     stop = StopAtStepBoundary()
@@ -121,7 +122,8 @@ class Trainer:
             keep_freed_memory()  # activations reuse the heap instead of fresh pages every step
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.loader = _loader(method, as_samples(data), cfg, self.world, self.device)
+        self.samples = as_samples(data)
+        self.loader = _loader(method, self.samples, cfg, self.world, self.device)
         self.n, self.steps_per_epoch = self.loader.n, self.loader.steps_per_epoch
         self.global_bs = tc.batch_size * self.world.world_size
         self.total = tc.epochs * self.steps_per_epoch
@@ -201,6 +203,13 @@ class Trainer:
         self.log(f"base lr {oc.base_lr:g} ({oc.lr_scaling} scaling) x global batch {self.global_bs}{processes} -> lr "
                  f"{self.lr:.4g}; {self.steps_per_epoch} steps/epoch, {self.total} steps")
 
+    def prepare(self) -> None:
+        """The method's pass over the training samples before the first step (distill's teacher
+        cache), without gradients and in the run's precision; every rank, and every resume,
+        computes it again (it is not in the checkpoint)."""
+        with torch.no_grad(), self.precision.autocast():
+            self.method.prepare(self.samples, self.device, progress=self.cfg.train.progress and self.world.is_main)
+
     def open_logs(self, *, resumed: bool, on_start: Callable[[], None] | None) -> None:
         """TensorBoard (checked first: it may be missing), metrics.jsonl cut back to the
         checkpoint's step (or started afresh), the caller's ``on_start``, the progress bar."""
@@ -222,28 +231,31 @@ class Trainer:
         self.t_last = time.perf_counter()
 
     def batches(self):
-        """This rank's batches from the current step to ``stop_at``, adding the time each
-        was waited for to ``waited`` (the data-wait share of the records)."""
+        """This rank's batches ``(indices, images)`` from the current step to ``stop_at``, adding
+        the time each was waited for to ``waited`` (the data-wait share of the records)."""
         steps = self.loader.steps(self.step, self.stop_at)
         while True:
             t_wait = time.perf_counter()
             try:
-                _, batch = next(steps)
+                batch = next(steps)
             except StopIteration:
                 return
             self.waited += time.perf_counter() - t_wait
             yield batch
 
     def step_on(self, batch) -> tuple[float, dict[str, float]]:
-        """One optimizer step on ``batch``; returns the loss and the method's logs."""
+        """One optimizer step on ``batch`` = (indices, samples); returns the loss and the method's logs."""
         oc, optimizer, step = self.cfg.optim, self.optimizer, self.step
+        indices, batch = batch
         x = to_input(batch, self.device)  # images (B, C, H, W) in [0, 1], or token ids (B, L)
+        # global sample indices, for a method that keeps per-sample state (distill's teacher cache)
+        kw = {"index": torch.from_numpy(indices).to(self.device)} if self.method.wants_index else {}
         for group in optimizer.param_groups:
             group["lr"] = float(self.lr_sched[step]) * group.get("lr_scale", 1.0)
             if group.get("apply_wd"):
                 group["weight_decay"] = float(self.wd_sched[step])
         with self.precision.autocast():
-            loss, logs = self.step_fn(x, self.aug_gen)
+            loss, logs = self.step_fn(x, self.aug_gen, **kw)
         value = loss.item()
         if distributed.any_rank(not math.isfinite(value), self.device):
             raise SelfSupError(f"loss became {value} at step {step} (epoch {step // self.steps_per_epoch}); "
