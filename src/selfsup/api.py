@@ -11,7 +11,6 @@ import contextlib
 import copy
 import csv
 import dataclasses
-import difflib
 import io
 import json
 import operator
@@ -47,7 +46,7 @@ from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebu
 from selfsup.models import pretrained
 from selfsup.models.backbones import backbone_builder
 from selfsup.models.runtime import choose_precision, cpu_bf16_support, select_device
-from selfsup.registry import unknown
+from selfsup.registry import no_option, unknown
 from selfsup.schedules import LR_SCHEDULES
 from selfsup.train import checkpoint, engine
 from selfsup.train.safety import hold_run_folder
@@ -173,10 +172,7 @@ def backbone_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     typed = {}
     for key, value in options.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean backbone_cfg.{close[0]}?)" if close else ""
-            raise SelfSupError(f"backbone {name!r} has no option {key!r}{hint}; its options: "
-                               f"{', '.join(sorted(known)) or 'none'}")
+            raise SelfSupError(no_option(f"backbone {name!r}", key, known, "backbone_cfg."))
         default = known[key].default
         typed[key] = value if default is inspect.Parameter.empty else coerce(
             default, value, f"backbone_cfg.{key}", known[key].annotation)

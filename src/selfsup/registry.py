@@ -79,3 +79,12 @@ def unknown(kind: str, name: Any, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"
+
+
+def no_option(owner: str, key: str, options: Iterable[str], prefix: str) -> str:
+    """The one-line message for an option ``owner`` does not have: the closest one (named
+    as the user writes it, ``prefix`` + name), then all of them."""
+    options = sorted(options)
+    close = difflib.get_close_matches(key, options, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return f"{owner} has no option {key!r}{hint}; its options: {', '.join(options) or 'none'}"

@@ -37,7 +37,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from typing import Any, ClassVar
 
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from selfsup.config import coerce
 from selfsup.errors import SelfSupError
 from selfsup.models import Encoder
-from selfsup.registry import Registry
+from selfsup.registry import Registry, no_option
 
 METHODS = Registry("method")
 COLLAPSE_STD = 0.1  # z_std below this: collapse suspected (the training monitor's threshold)
@@ -144,9 +143,7 @@ def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     options = options or {}
     for key in sorted(set(options) - set(fields)):
-        close = difflib.get_close_matches(key, fields, n=1)
-        hint = f" (did you mean method_cfg.{close[0]}?)" if close else ""
-        raise SelfSupError(f"method {name!r} has no option {key!r}{hint}; its options: {', '.join(sorted(fields))}")
+        raise SelfSupError(no_option(f"method {name!r}", key, fields, "method_cfg."))
     defaults = cls.Config()
     return cls.Config(**{k: coerce(getattr(defaults, k), v, f"method_cfg.{k}", fields[k].type)
                          for k, v in options.items()})
