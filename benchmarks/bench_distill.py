@@ -37,7 +37,7 @@ import torch
 
 import selfsup
 from selfsup.api import versions
-from selfsup.data import create_dataset
+from selfsup.data import create_dataset, to_input
 from selfsup.data.splits import stratified_subset
 from selfsup.eval.features import extract_features
 from selfsup.eval.finetune import ClassifierConfig, classifier_accuracy, train_classifier
@@ -106,8 +106,7 @@ def scores(enc, ds, seed: int, *, scratch: bool, key: str | None = None) -> dict
 
 
 def images_per_second(enc, ds, repeats: int = 5) -> tuple[float, float]:
-    x = torch.from_numpy(np.stack([np.asarray(ds.train[i][0]) for i in range(512)]))
-    x = x.permute(0, 3, 1, 2).float().div(255) if x.dtype == torch.uint8 else x
+    x = to_input(torch.from_numpy(np.asarray(ds.train.images[np.arange(512)])))
     enc = enc.cpu().eval()
     rates = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -172,21 +172,28 @@ def test_a_run_teacher_through_pretrain_and_resume(tmp_path):
 # --- the teacher cache (method_cfg.cache) ----------------------------------------------------
 
 
-def test_cache_runs_the_teacher_once_per_image_and_never_in_a_step(tmp_path):
-    """The teacher embeds each training image exactly once, before the first step (in batches
-    of cache_batch_size), and each step is given its images' global indices: the cache rows
-    it reads are the teacher's embeddings of that step's images."""
-    m = make_distill(loss="both", cache=True, cache_batch_size=5)
+def test_cache_runs_the_teacher_once_per_view_and_never_in_a_step(tmp_path):
+    """The teacher embeds each cached view of each training image exactly once, before the
+    first step (in batches of cache_batch_size), and each step is given its images' global
+    indices: the targets it reads are the teacher's embeddings of the views the student sees."""
+    m = make_distill(loss="both", cache=True, cache_views=3, cache_batch_size=5)
     seen, counting = [], [True]
     m.teacher.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()) if counting[0] else None)
     step, steps = m.training_step, []
+    student_saw = []
+    m.encoder.register_forward_pre_hook(lambda mod, args: student_saw.append(args[0].clone()))
 
     def checked_step(x, generator, index=None):
         before = len(seen)
         out = step(x, generator, index=index)
         assert len(seen) == before  # the step never runs the teacher
         counting[0] = False
-        assert torch.allclose(m.cache[index], m.teach(x), atol=1e-6)  # the right rows for these images
+        assert torch.allclose(m.cache[0, index], m.teach(x), atol=1e-5)  # view 0: the image itself
+        for v in (1, 2):  # the other views: the stored images the student is shown
+            assert torch.allclose(m.cache[v, index], m.teach(m.cache_images[v - 1, index].float() / 255), atol=1e-5)
+        views = student_saw[-1]
+        cached = torch.cat([x[None], m.cache_images[:, index].float() / 255])  # (V, N, C, S, S)
+        assert all(any(torch.equal(views[i], cached[v, i]) for v in range(3)) for i in range(len(x)))
         counting[0] = True
         steps.append(index.clone())
         return out
@@ -196,11 +203,11 @@ def test_cache_runs_the_teacher_once_per_image_and_never_in_a_step(tmp_path):
     cfg = RunConfig(method="distill")
     cfg.train.epochs, cfg.train.batch_size, cfg.train.progress = 2, 8, False
     engine.train(m, data, cfg, tmp_path, log=lambda s: None)
-    assert [len(v) for v in seen] == [5, 5, 5, 1]  # batched, every image once
+    assert [len(v) for v in seen] == [5] * 9 + [1] * 3  # batched, every view of every image once
     assert torch.equal(torch.cat(steps[:2]).sort().values, torch.arange(16))  # an epoch covers every index
-    assert m.cache.shape == (16, m.teacher.num_features)
+    assert m.cache.shape == (3, 16, m.teacher.num_features) and m.cache_images.shape[:2] == (2, 16)
     assert not any("cache" in k for k in m.state_dict())  # not training state: not in the checkpoint
-    assert int(m.queue_ptr) == (4 * 8) % 32  # each image's cached embedding enqueued once per step
+    assert int(m.queue_ptr) == (4 * 8) % 32  # one cached view of each image enqueued per step
 
 
 def test_cache_needs_the_engines_prepare_and_index():
@@ -214,7 +221,7 @@ def test_stop_and_resume_with_a_cache_is_bit_exact(loss, tmp_path):
     """The resumed run recomputes the cache (it is not in the checkpoint) and ends where the
     uninterrupted run does."""
     teacher = small_teacher()
-    stop_and_resume(lambda: make_distill(teacher, loss=loss, cache=True), images(24), tmp_path,
+    stop_and_resume(lambda: make_distill(teacher, loss=loss, cache=True, cache_views=2, mixup=1.0), images(24), tmp_path,
                     stop_at=2, method="distill", base_lr=1e-2)
 
 

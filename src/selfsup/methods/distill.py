@@ -32,17 +32,26 @@ it from there.  A pretrained teacher the method loads itself
 layer above (:func:`selfsup.encoders.load_teacher`, which :func:`selfsup.api.pretrain`
 calls) and passed in as ``teacher=``.
 
-``cache`` (``method_cfg.cache``) trades consistent teaching for speed: before the first
-step the teacher embeds every training image once, un-augmented (resized to
-``teacher_size``), and each step's two student views regress / SEED-match the cached
-embedding of their image, so a step never runs the teacher.  The teacher then does not
-see the student's crop -- the target is the whole image's embedding, which Beyer et al.
-find distils worse than consistent teaching given long schedules -- but on a CPU, where
-the teacher is nearly all of a step, it makes a short distillation possible at all.  The
-cache is not training state: it is not saved with checkpoints (they stay small) and a
-resumed run recomputes it, identically (the teacher is frozen and the images are not
-augmented).  Under torchrun every rank computes the whole cache (the simplest: no
-communication, and each rank's batches index it by global sample index).
+``cache`` (``method_cfg.cache``) trades some consistent teaching for speed: before the first
+step the teacher embeds ``cache_views`` fixed views of every training image -- view 0 the
+image itself, the others drawn once from ``views`` -- and each step shows the student one
+of its image's cached views, picked at random, with the teacher's embedding of exactly that
+view as the target, so a step never runs the teacher.  The teaching stays consistent (the
+student sees the crop the teacher saw) but is no longer patient: a few fixed views per
+image instead of a fresh one each step.  On a CPU, where the teacher is nearly all of a
+step, that is what makes a short distillation possible at all; with small data, several
+cached views and mixup (below) generalised better than one un-augmented view or the
+student's own augmentation of it.  The views are held in memory as uint8 next to the
+embeddings; neither is training state: they are not saved with checkpoints (which stay
+small) and a resumed run recomputes them, identically (the teacher is frozen and the views
+come from a fixed seed).  Under torchrun every rank computes the whole cache (the simplest:
+no communication, and each rank's batches index it by global sample index).
+
+``mixup`` (``method_cfg.mixup``, Zhang et al. 2018, arXiv 1710.09412) blends pairs of the
+batch's inputs with weights from Beta(a, a).  Without a cache the teacher embeds the blend
+itself -- Beyer et al.'s "function matching": the student learns the teacher's function on
+and between the images; with a cache the target is the same blend of the two cached
+embeddings (the teacher never sees the blend), a cheaper stand-in.
 
 ``teacher_size`` is the side the teacher sees: by default the teacher's own (224 px for
 EfficientNet-Lite0, the training size of a selfsup teacher); smaller is faster, as the
@@ -58,6 +67,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -112,10 +122,12 @@ class DistillConfig:
     # tells images apart.  False: the raw embeddings
     center: bool = True
     center_momentum: float = 0.9       # EMA momentum of that mean (the first step takes the batch's mean)
-    # True: the teacher embeds each training image once, un-augmented, before the first step,
-    # and the steps distil that cached embedding (fast; no consistent teaching, see the module
-    # docstring).  False: the teacher embeds each step's views
+    # True: the teacher embeds cache_views fixed views of each training image before the first
+    # step, and each step distils one of them (fast; see the module docstring).  False: the
+    # teacher embeds each step's views
     cache: bool = False
+    cache_views: int = 1               # views per image in the cache: the image itself, then views drawn from `views`
+    mixup: float = 0.0                 # Beta(a, a) mixup of the batch's inputs and targets (0 = off)
     cache_batch_size: int = 256        # images per teacher forward while filling the cache
     color_strength: float = 0.5        # view colour jitter strength (SimCLR's recipe)
     views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
@@ -155,9 +167,9 @@ class Distill(Method):
         super().__init__(encoder, cfg, image_size=image_size, channels=channels)
         if cfg.loss not in LOSSES:
             raise SelfSupError(f"method_cfg.loss of distill must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-        if cfg.teacher_size < 0 or cfg.queue_size < 1 or cfg.hidden_dim < 1:
-            raise SelfSupError("distill needs teacher_size >= 0 (0 = the teacher's own), queue_size >= 1 and "
-                               "hidden_dim >= 1")
+        if cfg.teacher_size < 0 or cfg.queue_size < 1 or cfg.hidden_dim < 1 or cfg.cache_views < 1 or cfg.mixup < 0:
+            raise SelfSupError("distill needs teacher_size >= 0 (0 = the teacher's own), queue_size >= 1, "
+                               "hidden_dim >= 1, cache_views >= 1 and mixup >= 0 (0 = off)")
         if teacher is None:
             teacher = self.load_teacher(cfg)
         teacher = teacher.eval().requires_grad_(False)
@@ -180,7 +192,10 @@ class Distill(Method):
         self.register_buffer("center_steps", torch.zeros((), dtype=torch.long))  # steps it has seen
         self.view_cfg = build_views(simclr_views(strength=cfg.color_strength), image_size, cfg.views)
         self.wants_index = cfg.cache  # the steps look their images up in the cache by sample index
-        self.cache: torch.Tensor | None = None  # (N, D_t) with cache: a plain tensor, not a buffer (not saved)
+        # with cache: plain tensors, not buffers (not saved): the teacher's embeddings (V, N, D_t)
+        # of V = cache_views views of each image, and views 1.. as uint8 (V - 1, N, C, S, S)
+        self.cache: torch.Tensor | None = None
+        self.cache_images: torch.Tensor | None = None
 
     @staticmethod
     def load_teacher(cfg: DistillConfig) -> nn.Module:
@@ -204,6 +219,7 @@ class Distill(Method):
         self.teacher._apply(fn)  # .to(device), .double(), channels-last: the teacher follows the student
         if self.cache is not None:
             self.cache = fn(self.cache)  # and so does the cache
+            self.cache_images = self.cache_images.to(self.cache.device)  # uint8: moved, never cast
         return self
 
     @torch.no_grad()
@@ -246,28 +262,65 @@ class Distill(Method):
 
     @torch.no_grad()
     def prepare(self, samples, device, *, progress: bool = False) -> None:
-        """With ``cache``: the teacher's embedding of every training sample, un-augmented, in
-        ``self.cache`` (N, D_t), row i for sample i; batched, in the samples' stored order."""
+        """With ``cache``: the teacher's embeddings of ``cache_views`` views of every training
+        sample in ``self.cache`` (V, N, D_t), row [v, i] for view v of sample i (view 0 the
+        sample itself, the others drawn from ``views`` with a fixed seed, kept as uint8 in
+        ``self.cache_images``); batched, in the samples' stored order."""
         if not self.cfg.cache:
             return
         from tqdm.auto import tqdm
 
+        v = self.cfg.cache_views
         loader = Loader(samples, self.cfg.cache_batch_size, shuffle=False, drop_last=False)
-        rows = [self.teach(to_input(batch, device))
-                for _, batch in tqdm(loader.epoch(), total=loader.steps_per_epoch, disable=not progress,
-                                     desc="teacher cache", unit="batch", dynamic_ncols=True)]
-        self.cache = torch.cat(rows)
+        g = torch.Generator().manual_seed(0)  # fixed: a resumed run redraws the same views
+        rows, images = [], []
+        for _, batch in tqdm(loader.epoch(), total=loader.steps_per_epoch, disable=not progress,
+                             desc=f"teacher cache ({v} view{'s' * (v > 1)})", unit="batch", dynamic_ncols=True):
+            x = to_input(batch)  # (B, C, S, S) on the CPU: the views are drawn there
+            stored = [augment(x, self.view_cfg, g).mul_(255).round_().to(torch.uint8) for _ in range(v - 1)]
+            views = [x] + [w.float().div_(255) for w in stored]  # the teacher sees what the student will
+            rows.append(torch.stack([self.teach(w.to(device)) for w in views]))  # (V, B, D_t)
+            images.append(torch.stack(stored) if stored else x.new_empty((0, *x.shape), dtype=torch.uint8))
+        self.cache = torch.cat(rows, dim=1)
+        self.cache_images = torch.cat(images, dim=1).to(device)
+
+    def mix(self, x: torch.Tensor, generator: torch.Generator, *targets: torch.Tensor):
+        """Mixup (Zhang et al. 2018): each row of ``x`` (and of each target) blended with
+        another row of the batch, weight lam ~ Beta(a, a) per row; ``x`` unchanged when
+        ``mixup`` is 0."""
+        a = self.cfg.mixup
+        if not a:
+            return (x, *targets)
+        n = len(x)
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        lam = torch.from_numpy(np.random.default_rng(seed).beta(a, a, n)).to(x.device, x.dtype)  # (N,)
+        pair = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
+
+        def blend(y):
+            w = lam.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
+            return w * y + (1 - w) * y[pair]
+        return (blend(x), *(blend(t) for t in targets))
 
     def training_step(self, x, generator, index: torch.Tensor | None = None):
-        views = torch.cat([augment(x, self.view_cfg, generator),
-                           augment(x, self.view_cfg, generator)])  # (2N, C, S, S)
         if self.cfg.cache:
             if self.cache is None or index is None:
                 raise SelfSupError("distill with method_cfg.cache needs prepare(samples, device) before the first "
                                    "step and index= at each step (the engine does both)")
-            t = self.cache[index.to(self.cache.device)]  # (N, D_t): each image's cached embedding
-            t = self.centered(torch.cat([t, t]))  # (2N, D_t): both views distil their image's
+            index = index.to(self.cache.device)
+            pick = torch.randint(self.cfg.cache_views, (len(x),), generator=generator,
+                                 device=generator.device).to(self.cache.device)  # (N,) a cached view per image
+            views = x.clone()  # (N, C, S, S); view 0 is the image itself
+            other = pick > 0
+            if other.any():
+                stored = self.cache_images[pick[other] - 1, index[other]]  # (n, C, S, S) uint8
+                views[other] = stored.to(x.dtype).div_(255)
+            t = self.cache[pick, index]  # (N, D_t): the teacher's embedding of exactly that view
+            views, t = self.mix(views, generator, t)
+            t = self.centered(t)
         else:
+            views = torch.cat([augment(x, self.view_cfg, generator),
+                               augment(x, self.view_cfg, generator)])  # (2N, C, S, S)
+            (views,) = self.mix(views, generator)
             t = self.centered(self.teach(views))  # (2N, D_t), the same views: consistent teaching
         s = self.head(self.encoder(views))  # (2N, D_t)
         loss, logs = 0.0, {}
@@ -278,7 +331,7 @@ class Distill(Method):
             seed = seed_loss(s, t, self.queue.clone(), self.cfg.student_temp, self.cfg.teacher_temp)
             weight = self.cfg.seed_weight if self.cfg.loss == "both" else 1.0
             loss, logs["seed_loss"] = loss + weight * seed, seed.item()
-            self.enqueue(t[:len(x)] if self.cfg.cache else t)  # after the loss; cached: each image once
+            self.enqueue(t)  # after the loss
         with torch.no_grad():
             logs["cos_sim"] = F.cosine_similarity(s.detach().to(t.dtype), t).mean().item()
         logs["z_std"] = normalized_std(s)
