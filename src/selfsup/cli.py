@@ -35,6 +35,27 @@ def _text_reading() -> argparse.ArgumentParser:
     return p
 
 
+def _encoder_arg() -> argparse.ArgumentParser:
+    """The encoder a command reads (every command that takes one): a run or export, or a
+    pretrained model with its weight file."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model: "
+                               "pretrained:NAME (see `selfsup list`), timm:NAME or torchvision:ARCH (ImageNet "
+                               "weights from --weights)")
+    p.add_argument("--weights", help="timm:NAME / torchvision:ARCH: the model's ImageNet weight file (.safetensors "
+                                     "or a torch state dict; default: the library's cache, never downloaded); "
+                                     "pretrained:NAME: a local copy of its weight file")
+    return p
+
+
+def _encoder(a, device: str | None = None):
+    """The encoder argument of a command: the spec itself, or with --weights the encoder
+    built from it."""
+    from selfsup.encoders import load_encoder
+
+    return load_encoder(a.run, device, weights=a.weights) if a.weights else a.run
+
+
 def _reading_options(a) -> dict:
     """The --text-* flags given, as data.* overrides."""
     keys = {"text_column": a.text_column, "label_column": a.label_column, "text_unit": a.text_unit}
@@ -94,11 +115,10 @@ def _add_pretrain(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("evaluate", help="kNN and linear-probe accuracy of a frozen encoder", parents=[_text_reading()],
+    p = sub.add_parser("evaluate", help="kNN and linear-probe accuracy of a frozen encoder",
+                       parents=[_encoder_arg(), _text_reading()],
                        description="Evaluate a frozen encoder on a labelled source's test split; for an MLM run "
                                    "also held-out masked-token accuracy and perplexity.")
-    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
-                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", default="shapes", help="labelled data source (see `selfsup list`; default shapes)")
     p.add_argument("--k", type=int, default=20, help="neighbours for the weighted kNN (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
@@ -106,10 +126,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
     p.add_argument("--out", help="JSON file for the results (default RUN/eval.json for a run folder)")
 
-    p = sub.add_parser("embed", help="write embeddings of a data source", parents=[_text_reading()],
+    p = sub.add_parser("embed", help="write embeddings of a data source",
+                       parents=[_encoder_arg(), _text_reading()],
                        description="Embed a data source: embeddings.npy, labels.npy, ids.npy, embeddings.csv.")
-    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
-                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", required=True, help="data source to embed, e.g. folder:PATH")
     p.add_argument("--split", default="train", choices=["train", "test"], help="which split (default train)")
     p.add_argument("--out", required=True, help="output folder")
@@ -117,13 +136,13 @@ def _add_eval(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace embeddings already in --out")
 
     p = sub.add_parser("export", help="export the encoder of a run: selfsup, torchvision, timm or Hugging Face",
+                       parents=[_encoder_arg()],
                        description="Save the encoder alone. selfsup (default): one .safetensors file whose "
                                    "header holds the spec (load it with selfsup.load_encoder(path); nothing is "
                                    "unpickled). torchvision / timm: the plain state dict of the library's own model "
                                    "as .safetensors, with how to build and feed that model printed and saved next "
                                    "to it. hf (text encoders, the default for them): a folder that "
                                    "transformers.AutoModel / AutoTokenizer load offline.")
-    p.add_argument("run", help="run folder or checkpoint (or pretrained:NAME)")
     p.add_argument("--out", required=True, help="output .safetensors file, or folder for --format hf")
     p.add_argument("--format", help=f"{', '.join(EXPORT_FORMATS)} (default: hf for text encoders, selfsup "
                                     "otherwise)")
@@ -132,14 +151,12 @@ def _add_eval(sub) -> None:
 
 def _add_label_efficiency(sub) -> None:
     p = sub.add_parser("label-efficiency", help="pretrained vs scratch with few labels (several seeds)",
-                       parents=[_text_reading()],
+                       parents=[_encoder_arg(), _text_reading()],
                        description="Pretrained against scratch with few labels: for each label budget and "
                                    "seed, a stratified subset of the training labels; pretrained + kNN / linear / fine-tune "
                                    "against the same backbone trained from scratch with the same labels and "
                                    "steps (text: also TF-IDF + logistic regression). Prints mean +- std; writes "
                                    "JSON, a Markdown table and a plot.")
-    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
-                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", default="shapes", help="labelled data source with a test split (default shapes)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="label budgets as fractions of the training split (default 0.01 0.1 1)")
@@ -154,15 +171,13 @@ def _add_label_efficiency(sub) -> None:
 
 def _add_inspect_report(sub) -> None:
     p = sub.add_parser("inspect", help="how compact, collapsed, aligned, disentangled, transferable",
-                       parents=[_text_reading()],
+                       parents=[_encoder_arg(), _text_reading()],
                        description="Diagnostics of a frozen encoder's representation: effective rank, "
                                    "dimensions for 90% variance, collapse, (relative) alignment, uniformity, DCI and "
                                    "MIG against ground-truth factors (shapes), optional transfer; each "
                                    "next to the same backbone at random initialisation. Writes "
                                    "inspect.json and pictures (2-D maps by class and by factor, "
                                    "nearest-neighbour retrieval).")
-    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
-                               "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", default="shapes", help="data source to inspect (default shapes)")
     p.add_argument("--transfer", help="also probe linearly on this other labelled source, e.g. digits")
     p.add_argument("--max-samples", type=int, default=5000, help="images used (default 5000)")
@@ -245,7 +260,7 @@ def cmd_evaluate(a) -> None:
     from selfsup.api import evaluate
 
     out = a.out or (Path(a.run) / "eval.json" if Path(a.run).is_dir() else None)
-    res = evaluate(a.run, a.data, k=a.k, temperature=a.temperature, linear=not a.no_linear, out=out,
+    res = evaluate(_encoder(a), a.data, k=a.k, temperature=a.temperature, linear=not a.no_linear, out=out,
                    progress=True, amp=not a.no_amp, text=_text_options(a))
     from selfsup import distributed
 
@@ -261,7 +276,7 @@ def cmd_label_efficiency(a) -> None:
     from selfsup.api import label_efficiency, load_encoder
     from selfsup.eval.finetune import ClassifierConfig
 
-    enc = load_encoder(a.run, device="cpu")
+    enc = load_encoder(a.run, device="cpu", weights=a.weights)
     cfg = le.StudyConfig(fractions=tuple(a.fractions), per_class=tuple(a.per_class) if a.per_class else None,
                          seeds=a.seeds, protocols=tuple(a.protocols) if a.protocols else None, classifier=ClassifierConfig(steps=a.steps, amp=not a.no_amp))
     result = label_efficiency(enc, a.data, cfg, text=_text_options(a))
@@ -278,7 +293,7 @@ def cmd_inspect(a) -> None:
     from selfsup.api import inspect_encoder
 
     out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
-    result = inspect_encoder(a.run, a.data, out_dir=out, transfer_to=a.transfer, max_samples=a.max_samples,
+    result = inspect_encoder(_encoder(a), a.data, out_dir=out, transfer_to=a.transfer, max_samples=a.max_samples,
                              projection=a.projection, text=_text_options(a))
     print(f"{'metric':28s} {'trained':>10s} {'random init':>12s}")
     for k, v in result["summary"].items():
@@ -314,14 +329,15 @@ def cmd_list(_a) -> None:
 def cmd_embed(a) -> None:
     from selfsup.api import embed
 
-    paths = embed(a.run, a.data, a.out, split=a.split, amp=not a.no_amp, text=_text_options(a), overwrite=a.overwrite)
+    paths = embed(_encoder(a), a.data, a.out, split=a.split, amp=not a.no_amp, text=_text_options(a),
+                  overwrite=a.overwrite)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def cmd_export(a) -> None:
     from selfsup.api import export_encoder, load_encoder
 
-    enc = load_encoder(a.run, device="cpu")
+    enc = load_encoder(a.run, device="cpu", weights=a.weights)
     path = export_encoder(enc, a.out, format=a.format, overwrite=a.overwrite, source=a.run)
     print(f"wrote {path}")
     how = path.with_suffix(".json")

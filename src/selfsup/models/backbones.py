@@ -13,7 +13,10 @@ pass) and ``patch_size`` for methods and pictures that need patch tokens.
 
 Backbones that are a library's own model (:class:`LibraryNet`: torchvision, timm, and
 the ViTs, which are timm's ``VisionTransformer``) add ``library_model`` and ``recipe()``,
-so that their weights export as that library's plain state dict.
+so that their weights export as that library's plain state dict.  With ``input_size``
+(``backbone_cfg.input_size``) a ``timm:NAME`` / ``torchvision:ARCH`` backbone is the
+ImageNet model as its weights were trained (:class:`ResizedInput`: RGB at that size, the
+model's own normalisation), which :mod:`selfsup.models.imagenet` fills from a weight file.
 
 :class:`Encoder` wraps a backbone with the input normalisation, so an exported encoder
 takes plain ``[0, 1]`` images and needs nothing else to be used.
@@ -26,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from selfsup.errors import SelfSupError
 from selfsup.registry import Registry
@@ -236,6 +240,7 @@ class TorchvisionNet(LibraryNet):
             raise SelfSupError(f"torchvision:{arch} has no classifier named {' / '.join(CLASSIFIER_NAMES)}; "
                                "it is not a classification model")
         head = getattr(model, name)
+        self.classifier = name  # the classifier's module name, whose keys a library state dict still holds
         linear = head if isinstance(head, nn.Linear) else next(m for m in head.modules() if isinstance(m, nn.Linear))
         self.num_features = linear.in_features
         setattr(model, name, nn.Identity())
@@ -287,6 +292,69 @@ class TimmNet(LibraryNet):
                 "input": "as the encoder"}
 
 
+class ResizedInput:
+    """Mixin of a :class:`LibraryNet` fed as its ImageNet weights were trained: square
+    ``input_size`` px RGB images, normalised with the model's own mean and std
+    (``normalization``, which :func:`create_backbone` gives the :class:`Encoder` instead of
+    the data's).  Input of any size is resized to ``input_size`` (bilinear, antialiased) and
+    grey input repeated to 3 channels, so any image source can feed it."""
+
+    def feed_as_trained(self, input_size: int, mean, std) -> None:
+        if not (isinstance(input_size, int) and input_size >= 16):
+            raise SelfSupError(f"backbone_cfg.input_size must be a side of at least 16 px, got {input_size!r}")
+        self.input_size = input_size
+        self.normalization = (list(mean), list(std))  # the model's own, whatever the data's
+        self.spec_kwargs = {"input_size": input_size}  # kept in the encoder's spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return super().forward(x)
+
+    def recipe(self) -> dict:
+        return {**super().recipe(), "resize": [self.input_size, self.input_size],
+                "input": f"grey images repeated to 3 channels; resized to {self.input_size}x{self.input_size} px "
+                         "(bilinear, antialias, align_corners=False) when of another size"}
+
+
+def _rgb_only(spec: str, in_chans: int | None) -> None:
+    if in_chans not in (None, 1, 3):
+        raise SelfSupError(f"{spec} with its ImageNet input takes RGB or grey images, not {in_chans} channels")
+
+
+class ImageNetTimmNet(ResizedInput, TimmNet):
+    """A timm model as its pretrained configuration says it was trained: its
+    ``input_size`` (or ``input_size`` px when given) and its ``mean`` / ``std``."""
+
+    def __init__(self, name: str, input_size: int = 0, **kwargs):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is None:
+            raise SelfSupError(f"timm:{name} has no pretrained configuration (input size, normalisation); use a "
+                               "model that timm ships ImageNet weights for")
+        size = input_size or int(cfg.input_size[-1])
+        super().__init__(name, 3, size, **kwargs)
+        self.feed_as_trained(size, cfg.mean, cfg.std)
+
+
+class ImageNetTorchvisionNet(ResizedInput, TorchvisionNet):
+    """A torchvision model as its default ImageNet weights were trained: the crop size and
+    ``mean`` / ``std`` of the weights' transforms (or ``input_size`` px when given); always
+    the ImageNet stem, whatever the size."""
+
+    def __init__(self, arch: str, input_size: int = 0):
+        import torchvision
+
+        t = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        crop = int(t.crop_size[0])
+        super().__init__(arch, 3, max(crop, 65))  # above 64 px: the ImageNet stem the weights were trained with
+        self.feed_as_trained(input_size or crop, t.mean, t.std)
+
+
 def _replace_stem(model: nn.Module, arch: str, in_chans: int) -> str:
     """Give ``model``'s first convolution that takes 3 channels ``in_chans`` instead; returns
     the line of Python that does the same to ``m`` (for the export's recipe)."""
@@ -306,7 +374,9 @@ def _replace_stem(model: nn.Module, arch: str, in_chans: int) -> str:
 
 def library_backbone(name: str) -> Callable[..., nn.Module] | None:
     """The builder of ``torchvision:ARCH`` or ``timm:NAME``, None for other names; an
-    unknown model is a one-line error."""
+    unknown model is a one-line error.  ``input_size`` (px; 0 = the weights' own) builds
+    the ImageNet model fed as trained (:class:`ResizedInput`) instead of the model fitted
+    to the data's channels and size."""
     prefix, _, model = name.partition(":")
     if prefix == "torchvision" and model:
         import torchvision
@@ -315,13 +385,23 @@ def library_backbone(name: str) -> Callable[..., nn.Module] | None:
         if model not in known:
             raise SelfSupError(f"torchvision has no classification model {model!r}; e.g. "
                                f"{', '.join(k for k in known if k.startswith('res'))}")
-        return lambda *, in_chans, image_size: TorchvisionNet(model, in_chans, image_size)
+        def build_torchvision(*, in_chans: int, image_size: int, input_size: int | None = None) -> nn.Module:
+            if input_size is None:
+                return TorchvisionNet(model, in_chans, image_size)
+            _rgb_only(name, in_chans)
+            return ImageNetTorchvisionNet(model, input_size)
+        return build_torchvision
     if prefix == "timm" and model:
         import timm
 
         if not timm.is_model(model):
             raise SelfSupError(f"timm has no model {model!r}; `timm.list_models('*{model[:4]}*')` lists similar ones")
-        return lambda *, in_chans, image_size, **kw: TimmNet(model, in_chans, image_size, **kw)
+        def build_timm(*, in_chans: int, image_size: int, input_size: int | None = None, **kw) -> nn.Module:
+            if input_size is None:
+                return TimmNet(model, in_chans, image_size, **kw)
+            _rgb_only(name, in_chans)
+            return ImageNetTimmNet(model, input_size, **kw)
+        return build_timm
     return None
 
 

