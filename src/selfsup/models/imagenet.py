@@ -97,6 +97,7 @@ def weights_path(spec: str, weights: str | Path | None = None, *, option: str = 
     """The weight file of ``spec``: ``weights`` when given, else the library's cached copy;
     a one-line error when there is none (``option``: the command-line option that takes
     the file, named in the error)."""
+    library_backbone(spec)  # an unknown model first: a one-line error
     if weights:
         path = Path(weights)
         if not path.is_file():
