@@ -221,3 +221,17 @@ def test_distill_from_a_torchvision_teacher_from_the_command_line(tmp_path, caps
     assert code == 0, err
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method_cfg"]
     assert saved["teacher"] == TV_SPEC and saved["teacher_weights"] == path  # what a resumed run reloads
+
+
+def test_a_vit_is_built_at_the_weights_size_and_can_be_fed_smaller(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("test_vit.r160_in1k", pretrained=False, num_classes=1000).eval()
+    enc = imagenet.load_imagenet("timm:test_vit.r160_in1k", save(ref, tmp_path / "vit.safetensors"))
+    ref.reset_classifier(0)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(enc(x), ref(fed_as_trained(x, 160, (0.5,) * 3, (0.5,) * 3)), atol=1e-5)
+        enc.net.input_size = 64  # what distill's teacher_size does: the position embeddings are interpolated
+        assert enc(x).shape == (2, enc.num_features) and torch.isfinite(enc(x)).all()

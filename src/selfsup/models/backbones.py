@@ -326,8 +326,12 @@ def _rgb_only(spec: str, in_chans: int | None) -> None:
 
 
 class ImageNetTimmNet(ResizedInput, TimmNet):
-    """A timm model as its pretrained configuration says it was trained: its
-    ``input_size`` (or ``input_size`` px when given) and its ``mean`` / ``std``."""
+    """A timm model as its pretrained configuration says it was trained: its ``mean`` /
+    ``std``, fed at its ``input_size`` (or ``input_size`` px when given).  It is always built
+    at the weights' size, so that they fit; a model of a fixed input size (a ViT: position
+    embeddings per patch) is built with ``dynamic_img_size`` where timm offers it, so that it
+    can be fed at another size (its position embeddings interpolated), e.g. a distillation
+    teacher at ``teacher_size``; one timm cannot resize takes only its own size."""
 
     def __init__(self, name: str, input_size: int = 0, **kwargs):
         from timm.models import get_pretrained_cfg
@@ -336,9 +340,14 @@ class ImageNetTimmNet(ResizedInput, TimmNet):
         if cfg is None:
             raise SelfSupError(f"timm:{name} has no pretrained configuration (input size, normalisation); use a "
                                "model that timm ships ImageNet weights for")
-        size = input_size or int(cfg.input_size[-1])
-        super().__init__(name, 3, size, **kwargs)
-        self.feed_as_trained(size, cfg.mean, cfg.std)
+        own = int(cfg.input_size[-1])
+        try:
+            super().__init__(name, 3, own, **({"dynamic_img_size": True} if cfg.fixed_input_size else {}), **kwargs)
+        except TypeError:  # a fixed-size model without dynamic_img_size
+            if not cfg.fixed_input_size:
+                raise
+            super().__init__(name, 3, own, **kwargs)
+        self.feed_as_trained(input_size or own, cfg.mean, cfg.std)
 
 
 class ImageNetTorchvisionNet(ResizedInput, TorchvisionNet):
