@@ -273,8 +273,8 @@ def teacher_spec_error(spec: str, weights: str = "") -> str | None:
     if weights:
         return f"--teacher-weights applies to pretrained:NAME, timm:NAME and torchvision:ARCH teachers, not to {spec}"
     if not Path(spec).exists():
-        return (f"--teacher {spec}: no such run folder or encoder file (a teacher is pretrained:NAME, a selfsup run "
-                "folder or an exported selfsup encoder)")
+        return (f"--teacher {spec}: no such run folder or encoder file (a teacher is pretrained:NAME, timm:NAME, "
+                "torchvision:ARCH, a selfsup run folder or an exported selfsup encoder)")
     return None
 
 

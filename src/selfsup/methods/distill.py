@@ -1,8 +1,7 @@
 """Distillation: a small student learns the embeddings of a frozen, already-trained teacher.
 
-The teacher is a pretrained model (``pretrained:efficientnet_lite0``; ``timm:NAME`` or
-``torchvision:ARCH`` with a local weight file), a selfsup run folder or an exported selfsup
-encoder (``method_cfg.teacher``, ``--teacher`` on the
+The teacher is a pretrained model (``pretrained:efficientnet_lite0``), a selfsup run
+folder or an exported selfsup encoder (``method_cfg.teacher``, ``--teacher`` on the
 command line); the student is any backbone.  Each image gives two views; the teacher
 embeds each view at its own input size and normalisation, and the student, through a
 head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
@@ -29,9 +28,10 @@ checkpoints, which stay the student's size) and out of ``train()`` (so it stays 
 mode), while ``.to(device)`` / ``.double()`` still move it (``_apply`` is forwarded).  A
 checkpoint holds the teacher's spec (``method_cfg.teacher``) and a resumed run rebuilds
 it from there.  A pretrained teacher the method loads itself
-(:func:`selfsup.models.pretrained.load_pretrained`, :func:`selfsup.models.imagenet.load_imagenet`);
-a run folder or export is read by the layer above (:func:`selfsup.encoders.load_teacher`,
-which :func:`selfsup.api.pretrain` calls) and passed in as ``teacher=``.
+(:func:`selfsup.models.pretrained.load_pretrained`; ``timm:NAME`` / ``torchvision:ARCH``
+with a local weight file: :func:`selfsup.models.imagenet.load_imagenet`); a run folder or
+export is read by the layer above (:func:`selfsup.encoders.load_teacher`, which
+:func:`selfsup.api.pretrain` calls) and passed in as ``teacher=``.
 
 ``cache`` (``method_cfg.cache``) trades some consistent teaching for speed: before the first
 step the teacher embeds ``cache_views`` fixed views of every training image -- view 0 the
@@ -204,16 +204,16 @@ class Distill(Method):
     @staticmethod
     def load_teacher(cfg: DistillConfig) -> nn.Module:
         """The teacher a spec names, when this layer can load it: ``pretrained:NAME``,
-        ``timm:NAME``, ``torchvision:ARCH``.  A run
-        folder or an export is loaded by :func:`selfsup.encoders.load_teacher` and passed
-        in as ``teacher=``."""
+        ``timm:NAME``, ``torchvision:ARCH``.  A run folder or an export is loaded by
+        :func:`selfsup.encoders.load_teacher` and passed in as ``teacher=``."""
         why = teacher_error(cfg.teacher)
         if why:
             raise SelfSupError(why)
         if pretrained.is_pretrained(cfg.teacher):
             return pretrained.load_pretrained(cfg.teacher, cfg.teacher_weights or None)
         if imagenet.is_imagenet(cfg.teacher):
-            return imagenet.load_imagenet(cfg.teacher, cfg.teacher_weights or None, option="method_cfg.teacher_weights")
+            return imagenet.load_imagenet(cfg.teacher, cfg.teacher_weights or None,
+                                          option="method_cfg.teacher_weights")
         raise SelfSupError(f"distill teacher {cfg.teacher!r}: a run folder or an export is loaded by selfsup.pretrain "
                            "(build the method with teacher=selfsup.encoders.load_teacher(spec))")
 
