@@ -18,6 +18,7 @@ MODULES = [
     "selfsup.methods.autoencoder",
     "selfsup.methods.mlm",
     "selfsup.eval.knn",
+    "selfsup.eval.selection",
     "selfsup.eval.linear",
     "selfsup.eval.diagnostics.compactness",
     "selfsup.eval.diagnostics.geometry",
