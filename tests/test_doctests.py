@@ -19,6 +19,7 @@ MODULES = [
     "selfsup.methods.mlm",
     "selfsup.eval.knn",
     "selfsup.eval.selection",
+    "selfsup.eval.propagation",
     "selfsup.eval.linear",
     "selfsup.eval.diagnostics.compactness",
     "selfsup.eval.diagnostics.geometry",
