@@ -95,7 +95,7 @@ class Pool:
     memmap (or any other array-like) is read and normalised chunk by chunk on every pass,
     so memory never holds more than a chunk of it."""
 
-    def __init__(self, features: Any, chunk: int = CHUNK):
+    def __init__(self, features: Any, chunk: int | None = None):
         if isinstance(features, torch.Tensor) or type(features) is np.ndarray:
             x = torch.as_tensor(features).detach().cpu()
             if x.ndim != 2:
@@ -107,7 +107,7 @@ class Pool:
                 raise SelfSupError(f"features must be (N, D), got shape {getattr(features, 'shape', None)}")
             self._all, self._store = None, features
         self.n, self.d = int(features.shape[0]), int(features.shape[1])
-        self.chunk = chunk
+        self.chunk = chunk or CHUNK
 
     @property
     def in_memory(self) -> bool:
@@ -126,7 +126,7 @@ class Pool:
     def span(self, start: int, stop: int) -> torch.Tensor:
         if self._all is not None:
             return self._all[start:stop]
-        return _normalise(torch.from_numpy(np.asarray(self._store[start:stop], dtype=np.float32)))
+        return _normalise(torch.from_numpy(np.array(self._store[start:stop], dtype=np.float32)))
 
     def chunks(self, size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """``(start, rows start..start+size)`` over the whole pool."""
