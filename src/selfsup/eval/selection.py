@@ -137,9 +137,10 @@ class Pool:
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     x = x.float()
-    if not bool(torch.isfinite(x).all()):
+    norms = x.norm(dim=1, keepdim=True)  # NaN or infinite wherever a row holds one
+    if not bool(torch.isfinite(norms).all()):
         raise SelfSupError("the features hold NaN or infinite values; check the encoder (a diverged run?)")
-    return F.normalize(x, dim=1)
+    return x / norms.clamp_min(1e-12)
 
 
 def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -330,7 +331,7 @@ def random_selection(pool: Pool, budget: int, labelled: np.ndarray, seed: int) -
 @SELECTIONS.register("typiclust", help="TypiClust (Hacohen et al. 2022): the most typical point of each "
                                        "uncovered k-means cluster, largest first; for the lowest budgets")
 def typiclust(pool: Pool, budget: int, labelled: np.ndarray, seed: int, *, neighbours: int = 20,
-              max_clusters: int = 500, min_cluster_size: int = 5, exact_limit: int = 8192) -> Picks:
+              max_clusters: int = 500, min_cluster_size: int = 5, exact_limit: int = 4096) -> Picks:
     k = min(int(labelled.sum()) + budget, max_clusters, pool.n)
     km = kmeans(pool, k, seed=seed)
     sizes = np.bincount(km.assign, minlength=k)
@@ -361,7 +362,7 @@ def typiclust(pool: Pool, budget: int, labelled: np.ndarray, seed: int, *, neigh
 
 
 def typicality(pool: Pool, members: np.ndarray, candidates: np.ndarray, neighbours: int = 20, *,
-               exact_limit: int = 8192, sample: int = 2048, shortlist: int = 256,
+               exact_limit: int = 4096, sample: int = 2048, shortlist: int = 256,
                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """TypiClust's typicality of ``candidates`` within the cluster ``members`` (rows of the
     pool): ``1 / (1e-5 + mean distance to the K = min(neighbours, |members| // 2) nearest
@@ -383,6 +384,7 @@ def typicality(pool: Pool, members: np.ndarray, candidates: np.ndarray, neighbou
 def mean_knn_distance(pool: Pool, queries: np.ndarray, refs: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """For each query row, the mean Euclidean distance to its ``k`` nearest rows among
     ``refs``, itself excluded (by row, so a duplicate still counts as a neighbour)."""
+    refs = np.sort(refs)
     out = np.empty(len(queries))
     parts = [refs[s:s + pool.chunk * 4] for s in range(0, len(refs), pool.chunk * 4)]
     held = [(torch.from_numpy(parts[0]), pool.rows(parts[0]))] if len(parts) == 1 else None
@@ -393,7 +395,9 @@ def mean_knn_distance(pool: Pool, queries: np.ndarray, refs: np.ndarray, k: int,
         for part in parts:
             ri, r = held[0] if held else (torch.from_numpy(part), pool.rows(part))
             sim = q @ r.T
-            sim[qt[:, None] == ri[None, :]] = -math.inf
+            at = torch.searchsorted(ri, qt).clamp_max(len(ri) - 1)  # where each query sits among the refs, if it does
+            own = torch.nonzero(ri[at] == qt).flatten()
+            sim[own, at[own]] = -math.inf
             top = sim.topk(min(k, sim.shape[1]), dim=1).values
             best = top if best is None else torch.cat([best, top], 1).topk(min(k, best.shape[1] + top.shape[1]),
                                                                            dim=1).values
