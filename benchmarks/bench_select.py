@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "select.json"))
     a = ap.parse_args()
     torch.set_num_threads(1)
-    env = versions()
+    env = {**versions(), "load_average_1min_at_start": os.getloadavg()[0]}  # other jobs on the machine slow it
     print(f"hardware: {env['cpu_model']}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
           f"torch {env['torch']}, numpy {env['numpy']}, python {env['python']}")
     print(f"pool: D={DIM}, 50 Gaussian clusters; seconds per round (after the features exist), mean +- std")
@@ -99,6 +99,7 @@ def main() -> None:
                     record(n, budget, "typiclust", time_rounds("typiclust", mapped, budget, a.runs_large), "memmap")
                 del mapped
     print("* features read from a memory-mapped .npy file (in the page cache after the first pass)")
+    env["load_average_1min_at_end"] = os.getloadavg()[0]
     result = {"env": env, "args": vars(a), "dim": DIM,
               "workload": "synthetic pool: 50 Gaussian clusters in 512-D, noise scaled by U(0.5, 1.5) per point; "
                           "nothing labelled before; one thread",

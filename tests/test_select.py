@@ -293,6 +293,8 @@ def test_select_works_for_text(capsys, tmp_path):
     (["--budget", "2", "--strategy", "typiclus"], ["unknown selection strategy 'typiclus'",
                                                     "did you mean 'typiclust'?"]),
     (["--budget", "2", "--set", "neighbors=5"], ["has no option 'neighbors'", "did you mean neighbours?"]),
+    (["--budget", "2", "--set", "neighbours=0"], ["typiclust's neighbours must be at least 1, got 0"]),
+    (["--budget", "2", "--strategy", "probcover", "--set", "delta=-1"], ["delta must be positive"]),
     (["--budget", "2", "--labelled", "LABELLED"], ["1 of its 2 ids are not in the pool", "'c9/nope.png'"]),
     (["--budget", "2", "--labelled", "MISSING"], ["no such file"]),
 ])

@@ -64,7 +64,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from selfsup.config import coerce
 from selfsup.errors import SelfSupError
@@ -108,10 +107,6 @@ class Pool:
             self._all, self._store = None, features
         self.n, self.d = int(features.shape[0]), int(features.shape[1])
         self.chunk = chunk or CHUNK
-
-    @property
-    def in_memory(self) -> bool:
-        return self._all is not None
 
     def rows(self, idx: np.ndarray) -> torch.Tensor:
         """Rows ``idx`` (integer indices), normalised, (len(idx), D) float32."""
@@ -289,6 +284,8 @@ def strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
         if key not in params:
             raise SelfSupError(no_option(f"selection strategy {strategy!r}", key, params, ""))
         typed[key] = coerce(params[key].default, value, key, params[key].annotation)
+        if isinstance(typed[key], int) and not isinstance(typed[key], bool) and typed[key] < 1:
+            raise SelfSupError(f"{strategy}'s {key} must be at least 1, got {typed[key]}")
     return typed
 
 
