@@ -188,7 +188,7 @@ def _add_select(sub) -> None:
                                    "greedy coverage of delta-balls; kcenter: the farthest from everything chosen; "
                                    "random). Writes selection.csv (rank, id, cluster, score), selection.json, a "
                                    "contact sheet selection.png (text: selection.md) and selection_map.png. The "
-                                   "pool's labels, if any, are never read.")
+                                   "choice never reads the pool's labels (the map is coloured by them, if any).")
     p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
                                "(pretrained:NAME, see `selfsup list`)")
     p.add_argument("--data", required=True, help="the pool to choose from, e.g. folder:PATH (see `selfsup list`)")
