@@ -18,6 +18,8 @@ MODULES = [
     "selfsup.methods.autoencoder",
     "selfsup.methods.mlm",
     "selfsup.eval.knn",
+    "selfsup.eval.selection",
+    "selfsup.eval.propagation",
     "selfsup.eval.linear",
     "selfsup.eval.diagnostics.compactness",
     "selfsup.eval.diagnostics.geometry",

@@ -7,6 +7,7 @@ The public API (imported lazily, so ``selfsup --help`` stays fast)::
     selfsup.embed(encoder_or_path, data, out_dir) -> paths
     selfsup.label_efficiency(encoder_or_path, data) -> dict
     selfsup.inspect_encoder(encoder_or_path, data) -> dict
+    selfsup.select(encoder_or_path, data, budget) -> Selection (which samples to label)
     selfsup.load_encoder(path) -> nn.Module
     selfsup.export_encoder(encoder, path)
     selfsup.report(run_dir) -> path of RUN/report.html
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("pretrain", "evaluate", "embed", "label_efficiency", "inspect_encoder", "load_encoder", "export_encoder", "report",
-        "build_config", "Run")
+_API = ("pretrain", "evaluate", "embed", "label_efficiency", "inspect_encoder", "select", "load_encoder",
+        "export_encoder", "report", "build_config", "Run", "Selection")
 
 
 def __getattr__(name: str):

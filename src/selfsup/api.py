@@ -40,6 +40,7 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import fresh_copy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.eval.monitor import OnlineMonitor
+from selfsup.eval.selection import SelectionResult
 from selfsup.methods import METHODS, Method, create_method
 from selfsup.methods.base import method_config
 from selfsup.models import Encoder, TextEncoder, create_backbone, modality, rebuild_encoder
@@ -659,6 +660,144 @@ def _write_embeddings(enc, part, paths: dict[str, Path], *, progress: bool, chun
                 bar.update(len(c))
         text.flush()
         text.detach()  # the file is closed (and renamed into place) by open_atomic
+
+
+SELECT_IN_MEMORY = 2**30  # bytes of features select() holds in memory; a larger pool's go to a memory-mapped file
+
+
+@dataclass
+class Selection:
+    """What :func:`select` chose, in the order chosen: the pool's ``ids``, the whole
+    :class:`~selfsup.eval.selection.SelectionResult` (rows, clusters, scores, info) and the
+    files written (none without ``out_dir``)."""
+    ids: list[str]
+    result: SelectionResult
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def select(encoder: Encoder | str | Path, data: Any, budget: int, *, strategy: str = "typiclust",
+           labelled: str | Path | list[str] | None = None, seed: int = 0,
+           options: dict[str, Any] | list[str] | None = None, out_dir: str | Path | None = None,
+           overwrite: bool = False, split: str = "train", text: TextOptions | None = None, progress: bool = True,
+           amp: bool = True, projection: str = "tsne") -> Selection:
+    """Choose ``budget`` samples of ``data``'s ``split`` (the unlabelled pool) to label
+    next, from ``encoder``'s embeddings, with ``strategy`` (``typiclust``, ``probcover``,
+    ``kcenter``, ``random``: :mod:`selfsup.eval.selection`; ``options`` are its own, a dict
+    or ``["key=value", ...]``).
+
+    ``labelled``: the ids already labelled -- a file (one id a line, or a CSV with an
+    ``id`` column such as an earlier ``selection.csv``) or a list; they are never chosen
+    and the new picks go around them.  The labels of the pool are never read.  With
+    ``out_dir`` writes ``selection.csv``, ``selection.json``, a contact sheet
+    ``selection.png`` (text: ``selection.md``) and ``selection_map.png``
+    (:mod:`selfsup.output.selection`); files there already are replaced only with
+    ``overwrite``.  A pool whose features exceed :data:`SELECT_IN_MEMORY` bytes is embedded
+    into a memory-mapped file and read from it in chunks.
+
+    Example::
+
+        picks = selfsup.select("runs/simclr", "folder:photos", 100)
+        picks.ids[:3]  # file paths under photos/, the most useful to label first
+    """
+    from selfsup.eval.selection import select_samples, strategy_options
+    from selfsup.output import plots
+    from selfsup.output import selection as selection_files
+
+    options = parse_overrides(options) if isinstance(options, list) else dict(options or {})
+    strategy_options(strategy, options)  # an unknown strategy or option fails before any data is read
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise SelfSupError(f"--budget must be a whole number of samples, at least 1, got {budget!r}")
+    if projection not in plots.PROJECTIONS:
+        raise SelfSupError(unknown("projection", projection, plots.PROJECTIONS))
+    out = Path(out_dir) if out_dir is not None else None
+    held = [n for n in selection_files.FILES.values() if out is not None and (out / n).exists()]
+    if held and not overwrite:
+        raise SelfSupError(f"{out} already holds {', '.join(held)}; choose another --out or add --overwrite")
+    enc = _as_encoder(encoder)
+    ds = dataset_for(enc, data, text)
+    part = ds.train if split == "train" else ds.test
+    if part is None:
+        raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
+    n = len(part)
+    ids = np.asarray(part.ids[np.arange(n)]).astype(str)
+    mask = labelled_rows(labelled, ids)
+    free = n - int(mask.sum())
+    if budget > free:
+        raise SelfSupError(f"--budget {budget} is more than the {free} unlabelled samples in {ds.name}; choose at "
+                           f"most {free}")
+    with _feature_store(out, n, enc.num_features) as store:
+        feats = extract_features(enc, part, progress=progress, amp=amp, out=store)
+        pool = store if store is not None else feats
+        result = select_samples(strategy, pool, budget, labelled=mask, seed=seed, **options)
+        paths = {}
+        if out is not None:
+            for name in held:  # --overwrite: no file of an earlier selection is left beside this one's
+                (out / name).unlink()
+            source = type(encoder).__name__ if isinstance(encoder, torch.nn.Module) else str(encoder)
+            paths = selection_files.write_selection(out, result, ids, part, pool, mask, projection=projection,
+                                                    about={"data": ds.name, "split": split, "encoder": source})
+    return Selection([str(ids[i]) for i in result.indices], result, paths)
+
+
+@contextlib.contextmanager
+def _feature_store(out: Path | None, n: int, dim: int):
+    """None when ``n`` features of ``dim`` floats fit in :data:`SELECT_IN_MEMORY`; otherwise a
+    memory-mapped (n, dim) float32 ``.npy`` in a temporary folder (inside ``out`` when
+    given), removed afterwards."""
+    import tempfile
+
+    if n * dim * 4 <= SELECT_IN_MEMORY:
+        yield None
+        return
+    if out is None:
+        with tempfile.TemporaryDirectory() as folder:
+            yield np.lib.format.open_memmap(Path(folder) / "features.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)  # the folders of selections killed before they finished
+    folder = out / f".embed-{os.getpid()}.partial"
+    folder.mkdir(exist_ok=True)
+    try:
+        yield np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def labelled_rows(labelled: str | Path | list[str] | None, ids: np.ndarray) -> np.ndarray:
+    """The mask of the pool's rows whose id is in ``labelled`` (a file, see :func:`read_ids`,
+    or a list); an id not in the pool is an error naming it."""
+    mask = np.zeros(len(ids), dtype=bool)
+    if labelled is None:
+        return mask
+    names = read_ids(labelled) if isinstance(labelled, (str, Path)) else [str(x) for x in labelled]
+    where = f"--labelled {labelled}" if isinstance(labelled, (str, Path)) else "labelled"
+    row = {name: i for i, name in enumerate(ids)}
+    missing = [x for x in names if x not in row]
+    if missing:
+        example = f", e.g. {ids[0]!r}" if len(ids) else ""
+        raise SelfSupError(f"{where}: {len(missing)} of its {len(names)} ids are not in the pool (first: "
+                           f"{missing[0]!r}); give the ids as selection.csv writes them{example}")
+    mask[[row[x] for x in names]] = True
+    return mask
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """The ids in ``path``: a CSV whose header has an ``id`` column (an earlier
+    ``selection.csv``), or else one id a line (blank lines skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SelfSupError(f"--labelled {path}: no such file")
+    try:
+        content = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SelfSupError(f"--labelled {path} is not UTF-8 text; give one id a line or a CSV with an id column") \
+            from None
+    first = next(csv.reader(io.StringIO(content.split("\n", 1)[0])), [])
+    header = [f.strip() for f in first]
+    if "id" in header:
+        col = header.index("id")
+        return [r[col] for r in list(csv.reader(io.StringIO(content)))[1:] if len(r) > col and r[col].strip()]
+    return [line.strip() for line in content.splitlines() if line.strip()]
 
 
 SUMMARY_KEYS = ("effective_rank", "dims_for_90pct_variance", "z_std", "collapsed", "alignment", "relative_alignment",

@@ -1,4 +1,4 @@
-"""The ``selfsup`` command line: pretrain, evaluate, embed, export, list, demo.
+"""The ``selfsup`` command line: pretrain, evaluate, embed, export, select, list, demo.
 
 Options are layered: the method's preset, then ``--config FILE.yaml``, then the flags
 below, then ``--set key=value`` (dotted keys, values parsed as YAML).  A user mistake
@@ -15,6 +15,7 @@ from selfsup.data import DATASETS
 from selfsup.encoders import EXPORT_FORMATS
 from selfsup.errors import SelfSupError
 from selfsup.eval.label_efficiency import PROTOCOLS
+from selfsup.eval.selection import SELECTIONS
 from selfsup.methods import METHODS
 from selfsup.models import BACKBONES
 from selfsup.output.plots import PROJECTIONS
@@ -198,6 +199,34 @@ def _add_inspect_report(sub) -> None:
     p.add_argument("--no-summary", action="store_true", help="do not compute the kNN summary and map when missing")
 
 
+def _add_select(sub) -> None:
+    p = sub.add_parser("select", help="choose which samples to label, from the embeddings", parents=[_text_reading()],
+                       description="Embed the unlabelled pool and choose --budget samples to label next "
+                                   "(typiclust: the most typical sample of each k-means cluster; probcover: "
+                                   "greedy coverage of delta-balls; kcenter: the farthest from everything chosen; "
+                                   "random). Writes selection.csv (rank, id, cluster, score), selection.json, a "
+                                   "contact sheet selection.png (text: selection.md) and selection_map.png. The "
+                                   "choice never reads the pool's labels (the map is coloured by them, if any).")
+    p.add_argument("run", help="run folder, checkpoint (.pt), exported encoder, or a pretrained model "
+                               "(pretrained:NAME, see `selfsup list`)")
+    p.add_argument("--data", required=True, help="the pool to choose from, e.g. folder:PATH (see `selfsup list`)")
+    p.add_argument("--budget", type=int, required=True, help="how many samples to choose")
+    p.add_argument("--strategy", default="typiclust", help=f"{', '.join(SELECTIONS)} (default typiclust)")
+    p.add_argument("--labelled", metavar="FILE", help="ids already labelled, one a line or a CSV with an id column "
+                                                      "(e.g. an earlier selection.csv): never chosen again, and the "
+                                                      "new picks go around them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clustering and of random draws (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the strategy, e.g. neighbours=20 (typiclust) or delta=0.5 (probcover)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="which split is the pool (default "
+                                                                                 "train)")
+    p.add_argument("--projection", default="tsne", help=f"2-D map: {', '.join(PROJECTIONS)} (default tsne)")
+    p.add_argument("--out", help="output folder (default RUN/selection for a run folder, else ./selection)")
+    p.add_argument("--overwrite", action="store_true", help="replace a selection already in --out")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast where the hardware has it")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from selfsup import __version__
 
@@ -208,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_label_efficiency(sub)
     _add_inspect_report(sub)
+    _add_select(sub)
     sub.add_parser("list", help="list every choice: methods (with presets), backbones, data sources, optimizers, "
                                 "LR rules and schedules, export formats, evaluation protocols")
     p = sub.add_parser("demo", help="SimCLR on shapes (or --text: MLM on lang), then 1%%/10%%/100%% labels vs "
@@ -307,11 +337,28 @@ def cmd_inspect(a) -> None:
     print(f"wrote {Path(out) / 'inspect.json'} and pictures in {out}")
 
 
+def cmd_select(a) -> None:
+    from pathlib import Path
+
+    from selfsup.api import select
+    from selfsup.config import parse_overrides
+
+    out = a.out or (Path(a.run) / "selection" if Path(a.run).is_dir() else Path("selection"))
+    picked = select(a.run, a.data, a.budget, strategy=a.strategy, labelled=a.labelled, seed=a.seed,
+                    options=parse_overrides(a.set), out_dir=out, overwrite=a.overwrite, split=a.split,
+                    text=_text_options(a), progress=not a.no_progress, amp=not a.no_amp, projection=a.projection)
+    info = picked.result.info
+    print(f"chose {info['budget']} of {info['pool']} samples ({info['strategy']}, {info['labelled']} labelled "
+          f"before, {info['seconds']:.2f} s after embedding); first: {', '.join(picked.ids[:3])}")
+    print("wrote " + ", ".join(str(p) for p in picked.paths.values()))
+
+
 def cmd_list(_a) -> None:
     from selfsup.models import pretrained
 
     registries = {"methods": METHODS, "backbones": BACKBONES, "data sources": DATASETS, "optimizers": OPTIMIZERS,
-                  "LR scaling (optim.lr_scaling)": LR_SCALINGS, "LR schedules (optim.schedule)": LR_SCHEDULES}
+                  "LR scaling (optim.lr_scaling)": LR_SCALINGS, "LR schedules (optim.schedule)": LR_SCHEDULES,
+                  "selection strategies (select --strategy)": SELECTIONS}
     w = max([len("torchvision:NAME")] + [len(n) for reg in registries.values() for n in reg])
     for title, reg in registries.items():
         print(f"{title}:")
@@ -368,7 +415,7 @@ def cmd_demo(a) -> None:
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "embed": cmd_embed, "export": cmd_export,
-            "label-efficiency": cmd_label_efficiency, "inspect": cmd_inspect, "report": cmd_report,
+            "label-efficiency": cmd_label_efficiency, "inspect": cmd_inspect, "report": cmd_report, "select": cmd_select,
             "list": cmd_list, "demo": cmd_demo}
 
 

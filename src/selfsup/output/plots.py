@@ -47,19 +47,30 @@ def project_2d(feats: np.ndarray, how: str = "tsne", seed: int = 0) -> np.ndarra
     raise ValueError(f"unknown projection {how!r}; use {', '.join(PROJECTIONS[:-1])} or {PROJECTIONS[-1]}")
 
 
+MARK_STYLES = ({"marker": "*", "s": 110, "color": "tab:red", "edgecolors": "black", "linewidths": 0.6, "zorder": 4},
+               {"marker": "X", "s": 45, "color": "black", "zorder": 3})  # marked points, in order
+
+
 def embedding_map(maps: dict[str, np.ndarray], labels: np.ndarray, classes: list[str],
-                  path: str | Path, title: str = "") -> Path:
-    """Scatter one or more 2-D maps side by side, coloured by class."""
+                  path: str | Path, title: str = "", marked: dict[str, np.ndarray] | None = None) -> Path:
+    """Scatter one or more 2-D maps side by side, coloured by class (grey when there are no
+    classes); ``marked`` names sets of points (indices into each map) drawn on top, the
+    first as red stars, the second as black crosses."""
     fig, axes = plt.subplots(1, len(maps), figsize=(5.2 * len(maps), 5), squeeze=False)
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for ax, (name, xy) in zip(axes[0], maps.items()):
         for c, cname in enumerate(classes):
             m = labels == c
             ax.scatter(xy[m, 0], xy[m, 1], s=4, color=cmap(c % cmap.N), label=cname, alpha=0.7)
+        if not classes:
+            ax.scatter(xy[:, 0], xy[:, 1], s=4, color="0.65", label="pool", alpha=0.7)
+        for (what, idx), style in zip((marked or {}).items(), MARK_STYLES):
+            idx = np.asarray(idx, dtype=np.int64)
+            ax.scatter(xy[idx, 0], xy[idx, 1], label=what, **style)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][-1].legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    axes[0][-1].legend(markerscale=1 if marked else 3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     return _finish(fig, path, title)
 
 
