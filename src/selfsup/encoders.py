@@ -262,20 +262,19 @@ def teacher_spec_error(spec: str, weights: str = "") -> str | None:
         return f"--teacher-weights applies to pretrained:NAME teachers, not to {spec}"
     if not Path(spec).exists():
         return (f"--teacher {spec}: no such run folder or encoder file (a teacher is pretrained:NAME, a selfsup run "
-                "folder or an exported selfsup encoder)")
+                "folder or an exported selfsup encoder, or for text a Hugging Face BERT folder)")
     return None
 
 
 def load_teacher(spec: str, weights: str = "") -> torch.nn.Module:
     """The frozen teacher of ``--method distill``, on the CPU in eval mode: ``pretrained:NAME``
-    (``weights``: a local copy of its weight file) or a selfsup run folder / image encoder
-    export (:func:`load_encoder`).  A one-line error for anything else."""
+    (``weights``: a local copy of its weight file), a selfsup run folder or encoder export
+    (:func:`load_encoder`), or a Hugging Face BERT-family folder (a text encoder with its own
+    tokenizer, e.g. a sentence-transformers model).  Whether it fits the data (images or
+    text) the method checks.  A one-line error for anything else."""
     why = teacher_spec_error(spec, weights)
     if why:
         raise SelfSupError(why)
     if pretrained.is_pretrained(spec) and not Path(spec).exists():
         return pretrained.load_pretrained(spec, weights or None)
-    enc = load_encoder(spec, device="cpu")
-    if isinstance(enc, TextEncoder):
-        raise SelfSupError(f"--teacher {spec} is a text encoder; distill trains on images")
-    return enc.eval()
+    return load_encoder(spec, device="cpu").eval()
