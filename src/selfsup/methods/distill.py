@@ -1,10 +1,10 @@
 """Distillation: a small student learns the embeddings of a frozen, already-trained teacher.
 
 The teacher is a pretrained model (``pretrained:efficientnet_lite0``), a selfsup run
-folder or an exported selfsup encoder (``method_cfg.teacher``, ``--teacher`` on the
-command line); the student is any backbone.  Each image gives two views; the teacher
-embeds each view at its own input size and normalisation, and the student, through a
-head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
+folder or an exported selfsup encoder, or for text a Hugging Face BERT folder
+(``method_cfg.teacher``, ``--teacher`` on the command line); the student is any
+backbone.  Each image gives two views; the teacher embeds each view at its own input size
+and normalisation, and the student, through a head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
 embedding of the *same* view -- "consistent teaching" (Beyer et al., "Knowledge
 distillation: A good teacher is patient and consistent", CVPR 2022, arXiv 2106.05237):
 the student and the teacher see the same crop, so the target is one the student can
@@ -53,6 +53,20 @@ itself -- Beyer et al.'s "function matching": the student learns the teacher's f
 and between the images; with a cache the target is the same blend of the two cached
 embeddings (the teacher never sees the blend), a cheaper stand-in.
 
+**Text.**  When the student is a text encoder (the ``bert`` backbone, any size, reading
+selfsup's tokenizer) the teacher must be one too: a Hugging Face BERT-family folder such as
+a sentence-transformers model, or a selfsup text run or export
+(:func:`selfsup.encoders.load_teacher`).  The teacher's embedding of a text is its pooled
+last hidden state -- for a Hugging Face folder the attention-masked mean, the mean pooling
+of sentence-transformers (Reimers & Gurevych 2019, arXiv 1908.10084) -- of the text read
+with the teacher's *own* tokenizer and length, while the student reads the same text with
+its own.  The student's view of a text drops each of its words with probability
+``drop_words`` (:func:`drop_words`; word deletion as in CLEAR, Wu et al. 2020, arXiv
+2012.15466); with ``cache`` the teacher embeds each whole text once before the first step,
+without it the teacher embeds the very view the student reads.  One view per text and step;
+the raw texts come from ``prepare`` and each step's by ``index=`` (so the engine's token ids
+only give the device).  ``mixup``, ``cache_views`` and ``teacher_size`` are image options.
+
 ``teacher_size`` is the side the teacher sees: by default the teacher's own (224 px for
 EfficientNet-Lite0, the training size of a selfsup teacher); smaller is faster, as the
 teacher is most of a step's time on a CPU.
@@ -61,6 +75,8 @@ Usage::
 
     selfsup.pretrain("distill", "shapes", overrides={"method_cfg.teacher": "pretrained:efficientnet_lite0"})
     # or: selfsup pretrain --method distill --teacher pretrained:efficientnet_lite0 --data shapes
+    # text (the cpu-text preset is taken for text data):
+    # selfsup pretrain --method distill --teacher /path/to/minilm_folder --data lang
 """
 from __future__ import annotations
 
