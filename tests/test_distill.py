@@ -516,3 +516,13 @@ def test_a_small_bert_learns_from_minilm_on_lang(tmp_path):
     print(f"kNN: student random init {random_init:.3f}, distilled {got:.3f}, MiniLM teacher {teacher:.3f}")
     assert got > random_init + 0.1
     assert got > teacher - 0.03
+
+
+def test_text_whose_kind_shows_only_once_read_names_the_text_preset(tmp_path):
+    """A Python list of strings keeps the cpu preset (an image backbone): the modality check
+    says which preset to name."""
+    import selfsup
+
+    texts = [f"sentence number {i} about the harbour" for i in range(40)]
+    with pytest.raises(SelfSupError, match="use --preset cpu-text or gpu-text"):
+        selfsup.pretrain("distill", texts, out_dir=str(tmp_path / "r"), log=lambda s: None, progress=False)
