@@ -332,7 +332,8 @@ def make_text_distill(teacher=None, *, seed: int = 0, **options):
     enc = create_backbone("bert", tokenizer=sentences().train.tokenizer, max_length=TEXT_LENGTH, layers=1, hidden=16,
                           heads=2)
     opts = {"queue_size": 32, "hidden_dim": 32, **options}
-    return create_method("distill", enc, opts, teacher=copy.deepcopy(teacher if teacher is not None else text_teacher()))
+    teacher = teacher if teacher is not None else text_teacher()
+    return create_method("distill", enc, opts, teacher=copy.deepcopy(teacher))
 
 
 def text_step(m, n: int = 8, seed: int = 0):
@@ -473,7 +474,8 @@ def test_a_teacher_of_the_other_kind_is_one_line(teacher_kind, tmp_path, capsys)
     if teacher_kind == "image":  # an image teacher for text, and a text teacher for images
         teacher, data, needle = export_encoder(small_teacher(), tmp_path / "t.safetensors"), "lang", "embeds images"
     else:
-        teacher, data, needle = export_encoder(text_teacher(), tmp_path / "t", format="hf"), "shapes", "is a text encoder"
+        teacher = export_encoder(text_teacher(), tmp_path / "t", format="hf")
+        data, needle = "shapes", "is a text encoder"
     code = main(["pretrain", "--method", "distill", "--data", data, "--num-train", "32", "--teacher", str(teacher),
                  "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip()

@@ -4,11 +4,11 @@ The teacher is a pretrained model (``pretrained:efficientnet_lite0``), a selfsup
 folder or an exported selfsup encoder, or for text a Hugging Face BERT folder
 (``method_cfg.teacher``, ``--teacher`` on the command line); the student is any
 backbone.  Each image gives two views; the teacher embeds each view at its own input size
-and normalisation, and the student, through a head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
-embedding of the *same* view -- "consistent teaching" (Beyer et al., "Knowledge
-distillation: A good teacher is patient and consistent", CVPR 2022, arXiv 2106.05237):
-the student and the teacher see the same crop, so the target is one the student can
-reach.  Downstream tasks use the student's ``h = f(x)``, never ``g(h)``.
+and normalisation, and the student, through a head ``g`` (an MLP from the student's width
+to the teacher's), predicts the teacher's embedding of the *same* view -- "consistent
+teaching" (Beyer et al., "Knowledge distillation: A good teacher is patient and
+consistent", CVPR 2022, arXiv 2106.05237): the student and the teacher see the same crop,
+so the target is one the student can reach.  Downstream tasks use the student's ``h = f(x)``, never ``g(h)``.
 
 Losses (``method_cfg.loss``):
 
@@ -144,7 +144,7 @@ class DistillConfig:
     cache: bool = False
     cache_views: int = 1               # views per image in the cache: the image itself, then views drawn from `views`
     mixup: float = 0.0                 # Beta(a, a) mixup of the batch's inputs and targets (0 = off)
-    cache_batch_size: int = 256        # images per teacher forward while filling the cache
+    cache_batch_size: int = 256        # images (texts) per teacher forward while filling the cache
     color_strength: float = 0.5        # view colour jitter strength (SimCLR's recipe)
     drop_words: float = 0.2            # text: share of a text's words the student's view drops (0 = the whole text)
     views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
