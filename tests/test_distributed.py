@@ -109,7 +109,9 @@ def _text_options():
 
 
 def batch(method: str) -> torch.Tensor:
-    if REGISTRY.get(method).modality == "text":
+    from selfsup.models import modality
+
+    if modality(backbone_of(method)) == "text":
         return tokens()[0]
     return torch.rand(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
@@ -238,6 +240,79 @@ def command_lines() -> dict[int, bytes]:
         except (ValueError, OSError):
             continue
     return out
+
+
+def text_distill(folder: str):
+    """distill on text, float64 in eval mode, its teacher cache filled: the student a one-layer
+    BERT with the tokenizer saved in ``folder``, the teacher the BERT folder there (a tokenizer
+    of its own); both written once by the test, so every process reads the same."""
+    from selfsup.data import create_dataset
+    from selfsup.data.text import TextOptions
+    from selfsup.data.tokenizer import Tokenizer
+    from selfsup.encoders import load_teacher
+    from selfsup.methods import create_method
+    from selfsup.models import create_backbone
+
+    tok = Tokenizer.from_json((Path(folder) / "student.json").read_text())
+    ds = create_dataset("lang", num_train=BATCH, num_test=4, text=TextOptions(tokenizer=tok, max_length=16))
+    torch.manual_seed(0)
+    enc = create_backbone("bert", tokenizer=tok, **BACKBONE_OPTIONS["bert"])
+    m = create_method("distill", enc, {**OPTIONS["distill"], "cache": True}, teacher=load_teacher(f"{folder}/teacher"))
+    m.setup_schedules(10, 5)
+    m = m.double().eval()
+    with torch.no_grad():
+        m.prepare(ds.train, torch.device("cpu"))
+    return m, torch.from_numpy(ds.train.tokens).long()
+
+
+def text_distill_worker(rank: int, folder: str, init_file: str, out: str) -> None:
+    from selfsup import distributed
+    from selfsup.methods import distill
+
+    join(rank, init_file)
+    try:
+        distill.drop_words = lambda texts, p, generator: list(texts)  # the whole texts: a fixed view
+        m, x = text_distill(folder)
+        share = BATCH // WORLD
+        rows = torch.arange(rank * share, (rank + 1) * share)  # this rank's global sample indices
+        step = distributed.training_step(m, torch.device("cpu"))  # held: DDP's backward needs it
+        loss, _ = step(x[rows], torch.Generator().manual_seed(0), index=rows)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grads": gradients(m)}, out.format(rank=rank))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_text_distill_two_processes_match_one_on_the_joint_batch(tmp_path, monkeypatch):
+    """distill on text as the engine runs it under torchrun: each rank looks its share of the
+    batch up in the teacher cache by global sample index; the SEED queue and the centre are
+    gathered.  The loss and every gradient equal one process's on the joint batch."""
+    from selfsup.data import create_dataset
+    from selfsup.data.text import TextOptions
+    from selfsup.encoders import export_encoder
+    from selfsup.methods import distill
+    from selfsup.models import create_backbone
+
+    student = tokens()[1]
+    (tmp_path / "student.json").write_text(student.to_json())
+    teacher_tok = create_dataset("lang", num_train=64, num_test=4, text=TextOptions(vocab_size=150)).train.tokenizer
+    torch.manual_seed(2)
+    export_encoder(create_backbone("bert", tokenizer=teacher_tok, max_length=32, layers=1, hidden=32, heads=2),
+                   tmp_path / "teacher", format="hf")
+    monkeypatch.setattr(distill, "drop_words", lambda texts, p, generator: list(texts))
+    m, x = text_distill(str(tmp_path))
+    loss, _ = m.training_step(x, torch.Generator().manual_seed(0), index=torch.arange(BATCH))
+    loss.backward()
+    want = gradients(m)
+
+    out = str(tmp_path / "rank{rank}.pt")
+    mp.spawn(text_distill_worker, args=(str(tmp_path), str(tmp_path / "init"), out), nprocs=WORLD, join=True)
+    got = [torch.load(out.format(rank=r), weights_only=True) for r in range(WORLD)]
+    assert torch.stack([g["loss"] for g in got]).mean().item() == pytest.approx(loss.item(), abs=1e-6)
+    for g in got:
+        assert g["grads"].keys() == want.keys()
+        for name, grad in want.items():
+            assert (g["grads"][name] - grad).abs().max() < 1e-6, name
 
 
 def train_worker(rank: int, method: str, init_file: str, out: str, run_dir: str) -> None:

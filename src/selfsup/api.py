@@ -28,7 +28,7 @@ import yaml
 
 from selfsup import distributed
 from selfsup.config import RunConfig, apply_overrides, coerce, from_dict, load_yaml, parse_overrides, read_run_config
-from selfsup.data import Dataset, as_dataset, hold_out_test
+from selfsup.data import Dataset, as_dataset, hold_out_test, source_modality
 from selfsup.data.text import TextOptions, TextSet
 from selfsup.data.tokenizer import Tokenizer
 from selfsup.data.pixels import window_key
@@ -77,21 +77,36 @@ class Run:
         return self.method.encoder
 
 
+TEXT_PRESET = "{}-text"  # a method's preset NAME for text data, when it trains on images and on text
+
+
 def build_config(method: str = "simclr", *, preset: str | None = "cpu", config_file: str | None = None,
                  overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
-    """Defaults, then the method's preset, then a YAML file, then overrides."""
+    """Defaults, then the method's preset, then a YAML file, then overrides.
+
+    A method that trains on images and on text keeps the text variant of a preset NAME
+    under NAME-text (distill's ``cpu-text``); it is taken instead of NAME when the data
+    source the layers name holds text (:func:`selfsup.data.source_modality`: ``lang``,
+    ``pydoc``, ``text:PATH``).  Data whose kind shows only once read (``hf:PATH``, a
+    Python object) keeps NAME; the modality check then names the text preset."""
     cls = METHODS.get(method)
-    cfg = RunConfig(method=method)
-    if preset:
-        if preset not in cls.presets:
-            raise SelfSupError(f"method {method!r} has no preset {preset!r}; "
-                               f"valid: {', '.join(sorted(cls.presets))}")
-        apply_overrides(cfg, copy.deepcopy(cls.presets[preset]))  # a nested --set must not edit the preset
-    if config_file:
-        apply_overrides(cfg, load_yaml(config_file))
-    if overrides:
-        apply_overrides(cfg, overrides)
+    if preset and preset not in cls.presets:
+        raise SelfSupError(f"method {method!r} has no preset {preset!r}; valid: {', '.join(sorted(cls.presets))}")
+    layers = [load_yaml(config_file) if config_file else {}, overrides or {}]
+    cfg = _layered(method, cls.presets.get(preset, {}), layers)
+    text = TEXT_PRESET.format(preset)
+    if preset and text in cls.presets and source_modality(cfg.data.source) == "text":
+        cfg = _layered(method, cls.presets[text], layers)
     return validate(cfg)
+
+
+def _layered(method: str, preset: dict[str, Any], layers: list) -> RunConfig:
+    """The defaults of ``method`` with ``preset`` and then each of ``layers`` applied (copies:
+    a nested --set must not edit the preset, and the layers may be applied again)."""
+    cfg = RunConfig(method=method)
+    for layer in (preset, *layers):
+        apply_overrides(cfg, copy.deepcopy(layer))
+    return cfg
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -423,13 +438,19 @@ def method_resources(cfg: RunConfig) -> dict[str, Any]:
 
 
 def check_modalities(cfg: RunConfig, ds: Dataset) -> None:
-    """The method, the backbone and the data must all be images or all text."""
+    """The method and the backbone must both take the data's kind (images or text)."""
     kind = ds.spec.modality
-    for what, name, takes in (("method", cfg.method, METHODS.get(cfg.method).modality),
-                              ("backbone", cfg.backbone, modality(cfg.backbone))):
-        if takes != kind:
-            hint = "--method mlm (backbone bert)" if kind == "text" else "an image method such as simclr"
-            raise SelfSupError(f"{what} {name!r} trains on {takes}, but {ds.name} holds {kind}; use {hint}")
+    cls = METHODS.get(cfg.method)
+    if kind not in cls.modalities:
+        hint = "--method mlm or distill (backbone bert)" if kind == "text" else "an image method such as simclr"
+        raise SelfSupError(f"method {cfg.method!r} trains on {' and '.join(cls.modalities)}, but {ds.name} holds "
+                           f"{kind}; use {hint}")
+    if modality(cfg.backbone) != kind:
+        presets = [p for p in cls.presets if p.endswith(TEXT_PRESET.format(""))] if kind == "text" else []
+        hint = (f"--preset {' or '.join(presets)}" if presets else
+                "--backbone bert" if kind == "text" else "an image backbone such as small_cnn")
+        raise SelfSupError(f"backbone {cfg.backbone!r} trains on {modality(cfg.backbone)}, but {ds.name} holds "
+                           f"{kind}; use {hint}")
 
 
 

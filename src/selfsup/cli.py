@@ -81,7 +81,8 @@ def _add_pretrain(sub) -> None:
                                   "methods, lang for mlm)")
     p.add_argument("--backbone", help="encoder architecture (see `selfsup list`); default from the preset")
     p.add_argument("--preset", default="cpu", help="named hyper-parameter set of the method (see `selfsup list`; "
-                                                   "default cpu)")
+                                                   "default cpu; a method's cpu-text / gpu-text is taken for cpu / gpu "
+                                                   "when --data is text)")
     p.add_argument("--config", help="YAML file of options (same keys as --set), applied after the preset")
     p.add_argument("--epochs", type=int, help="passes over the training images")
     p.add_argument("--batch-size", type=int, help="images per step (each gives the method's views)")
@@ -103,7 +104,8 @@ def _add_pretrain(sub) -> None:
                                   "(e.g. into --backbone timm:tf_efficientnet_lite0)")
     p.add_argument("--teacher", help="--method distill: the frozen teacher, pretrained:NAME (see `selfsup list`), "
                                      "timm:NAME or torchvision:ARCH (with --teacher-weights), a selfsup run folder or "
-                                     "an exported selfsup encoder (method_cfg.teacher)")
+                                     "an exported selfsup encoder; for text also a Hugging Face BERT folder, e.g. a "
+                                     "sentence-transformers model (method_cfg.teacher)")
     p.add_argument("--teacher-weights", metavar="FILE",
                    help="--method distill: the ImageNet weight file of a timm:NAME / torchvision:ARCH teacher "
                         "(default: the library's cache, never downloaded), or a local copy of a pretrained:NAME "

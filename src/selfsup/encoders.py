@@ -274,7 +274,7 @@ def teacher_spec_error(spec: str, weights: str = "") -> str | None:
         return f"--teacher-weights applies to pretrained:NAME, timm:NAME and torchvision:ARCH teachers, not to {spec}"
     if not Path(spec).exists():
         return (f"--teacher {spec}: no such run folder or encoder file (a teacher is pretrained:NAME, timm:NAME, "
-                "torchvision:ARCH, a selfsup run folder or an exported selfsup encoder)")
+                "torchvision:ARCH, a selfsup run folder or an exported selfsup encoder, or for text a Hugging Face BERT folder)")
     return None
 
 
@@ -282,7 +282,9 @@ def load_teacher(spec: str, weights: str = "") -> torch.nn.Module:
     """The frozen teacher of ``--method distill``, on the CPU in eval mode: ``pretrained:NAME``
     (``weights``: a local copy of its weight file), ``timm:NAME`` / ``torchvision:ARCH``
     (``weights``: its weight file, else the library's cache) or a selfsup run folder / image
-    encoder export (:func:`load_encoder`).  A one-line error for anything else."""
+    encoder export (:func:`load_encoder`), or a Hugging Face BERT-family folder (a text encoder
+    with its own tokenizer, e.g. a sentence-transformers model).  Whether it fits the data
+    (images or text) the method checks.  A one-line error for anything else."""
     why = teacher_spec_error(spec, weights)
     if why:
         raise SelfSupError(why)
@@ -290,7 +292,4 @@ def load_teacher(spec: str, weights: str = "") -> torch.nn.Module:
         return pretrained.load_pretrained(spec, weights or None)
     if imagenet.is_imagenet(spec) and not Path(spec).exists():
         return imagenet.load_imagenet(spec, weights or None, option="--teacher-weights")
-    enc = load_encoder(spec, device="cpu")
-    if isinstance(enc, TextEncoder):
-        raise SelfSupError(f"--teacher {spec} is a text encoder; distill trains on images")
-    return enc.eval()
+    return load_encoder(spec, device="cpu").eval()

@@ -225,6 +225,17 @@ class Dataset:
 DATASETS = Registry("data source")  # entries are builder functions, see create_dataset
 
 
+def source_modality(spec: str) -> str | None:
+    """What the source ``spec`` (``NAME`` or ``NAME:PATH``) holds, known from its name alone:
+    ``"text"`` or ``"image"`` (a source's ``modality`` in :data:`DATASETS`, images unless it
+    says otherwise), or None when only reading it tells (``hf:PATH``) or it is not a
+    registered source (a Python object)."""
+    name = spec.partition(":")[0]
+    if name not in DATASETS:
+        return None
+    return DATASETS.meta(name).get("modality", "image")
+
+
 def create_dataset(
     spec: str,
     *,

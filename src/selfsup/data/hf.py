@@ -10,7 +10,7 @@ from selfsup.data import DATASETS, Dataset, check_path, random_subset
 from selfsup.errors import SelfSupError
 
 
-@DATASETS.register("hf", help="a Hugging Face dataset saved with save_to_disk (hf:PATH), image or text + label columns")
+@DATASETS.register("hf", modality=None, help="a Hugging Face dataset saved with save_to_disk (hf:PATH), image or text + label columns")
 def build(path: str | None = None, *, image_size: int | None = None, seed: int = 0,
           num_train: int | None = None, num_test: int | None = None, text=None, **_ignored) -> Dataset:
     check_path("hf", path, required=True)

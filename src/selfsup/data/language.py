@@ -176,7 +176,7 @@ def _cached(cache_dir: Path, n: int, seed: int, split: str) -> tuple[list[str], 
     return texts, factors
 
 
-@DATASETS.register("lang", help="generated sentences: 5 topics (labels) x sentiment x tense x number (built in)")
+@DATASETS.register("lang", modality="text", help="generated sentences: 5 topics (labels) x sentiment x tense x number (built in)")
 def build(path: str | None = None, *, cache_dir: str | Path | None = None, seed: int = 0,
           num_train: int | None = None, num_test: int | None = None, text: TextOptions | None = None,
           **_ignored) -> Dataset:

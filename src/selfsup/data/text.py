@@ -286,7 +286,7 @@ def _split_paths(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-@DATASETS.register("text", help="text files: text:FILE.txt|.jsonl|.csv or a folder of them (train/test splits, "
+@DATASETS.register("text", modality="text", help="text files: text:FILE.txt|.jsonl|.csv or a folder of them (train/test splits, "
                                 "class sub-folders)")
 def build_text(path: str | None = None, *, strict: bool = False, seed: int = 0, num_train: int | None = None,
                num_test: int | None = None, text: TextOptions | None = None, cache_dir: str | Path | None = None,
@@ -342,7 +342,7 @@ def pydoc_passages(max_words: int = PASSAGE_WORDS) -> tuple[list[str], list[str]
     return texts, ids
 
 
-@DATASETS.register("pydoc", help="passages of Python's built-in documentation (pydoc_data), unlabeled English")
+@DATASETS.register("pydoc", modality="text", help="passages of Python's built-in documentation (pydoc_data), unlabeled English")
 def build_pydoc(path: str | None = None, *, seed: int = 0, num_train: int | None = None,
                 num_test: int | None = None, text: TextOptions | None = None, cache_dir: str | Path | None = None,
                 **_ignored) -> Dataset:

@@ -79,7 +79,7 @@ class Method(nn.Module):
     Config: ClassVar[type] = object          # the method's options dataclass
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # name -> dotted RunConfig overrides
     min_batch_size: ClassVar[int] = 1        # smallest batch for which the loss is meaningful
-    modality: ClassVar[str] = "image"        # what it trains on: "image" or "text"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)  # what it trains on: "image", "text" or both
     wants_index: bool = False                # True: training_step also takes index= (the samples' indices)
 
     def __init__(self, encoder: Encoder, cfg: Any, *, image_size: int, channels: int):

@@ -1,14 +1,14 @@
 """Distillation: a small student learns the embeddings of a frozen, already-trained teacher.
 
 The teacher is a pretrained model (``pretrained:efficientnet_lite0``), a selfsup run
-folder or an exported selfsup encoder (``method_cfg.teacher``, ``--teacher`` on the
-command line); the student is any backbone.  Each image gives two views; the teacher
-embeds each view at its own input size and normalisation, and the student, through a
-head ``g`` (an MLP from the student's width to the teacher's), predicts the teacher's
-embedding of the *same* view -- "consistent teaching" (Beyer et al., "Knowledge
-distillation: A good teacher is patient and consistent", CVPR 2022, arXiv 2106.05237):
-the student and the teacher see the same crop, so the target is one the student can
-reach.  Downstream tasks use the student's ``h = f(x)``, never ``g(h)``.
+folder or an exported selfsup encoder, or for text a Hugging Face BERT folder
+(``method_cfg.teacher``, ``--teacher`` on the command line); the student is any
+backbone.  Each image gives two views; the teacher embeds each view at its own input size
+and normalisation, and the student, through a head ``g`` (an MLP from the student's width
+to the teacher's), predicts the teacher's embedding of the *same* view -- "consistent
+teaching" (Beyer et al., "Knowledge distillation: A good teacher is patient and
+consistent", CVPR 2022, arXiv 2106.05237): the student and the teacher see the same crop,
+so the target is one the student can reach.  Downstream tasks use the student's ``h = f(x)``, never ``g(h)``.
 
 Losses (``method_cfg.loss``):
 
@@ -54,6 +54,20 @@ itself -- Beyer et al.'s "function matching": the student learns the teacher's f
 and between the images; with a cache the target is the same blend of the two cached
 embeddings (the teacher never sees the blend), a cheaper stand-in.
 
+**Text.**  When the student is a text encoder (the ``bert`` backbone, any size, reading
+selfsup's tokenizer) the teacher must be one too: a Hugging Face BERT-family folder such as
+a sentence-transformers model, or a selfsup text run or export
+(:func:`selfsup.encoders.load_teacher`).  The teacher's embedding of a text is its pooled
+last hidden state -- for a Hugging Face folder the attention-masked mean, the mean pooling
+of sentence-transformers (Reimers & Gurevych 2019, arXiv 1908.10084) -- of the text read
+with the teacher's *own* tokenizer and length, while the student reads the same text with
+its own.  The student's view of a text drops each of its words with probability
+``drop_words`` (:func:`drop_words`; word deletion as in CLEAR, Wu et al. 2020, arXiv
+2012.15466); with ``cache`` the teacher embeds each whole text once before the first step,
+without it the teacher embeds the very view the student reads.  One view per text and step;
+the raw texts come from ``prepare`` and each step's by ``index=`` (so the engine's token ids
+only give the device).  ``mixup``, ``cache_views`` and ``teacher_size`` are image options.
+
 ``teacher_size`` is the side the teacher sees: by default the teacher's own (224 px for
 EfficientNet-Lite0, the training size of a selfsup teacher); smaller is faster, as the
 teacher is most of a step's time on a CPU.
@@ -62,6 +76,8 @@ Usage::
 
     selfsup.pretrain("distill", "shapes", overrides={"method_cfg.teacher": "pretrained:efficientnet_lite0"})
     # or: selfsup pretrain --method distill --teacher pretrained:efficientnet_lite0 --data shapes
+    # text (the cpu-text preset is taken for text data):
+    # selfsup pretrain --method distill --teacher /path/to/minilm_folder --data lang
 """
 from __future__ import annotations
 
@@ -80,7 +96,7 @@ from selfsup.data.views import augment, build_views, simclr_views
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import METHODS, Method, normalized_std
 from selfsup.methods.losses import cosine_distill_loss, seed_loss
-from selfsup.models import imagenet, pretrained
+from selfsup.models import TextEncoder, imagenet, pretrained
 
 LOSSES = ("cosine", "seed", "both")
 
@@ -131,8 +147,9 @@ class DistillConfig:
     cache: bool = False
     cache_views: int = 1               # views per image in the cache: the image itself, then views drawn from `views`
     mixup: float = 0.0                 # Beta(a, a) mixup of the batch's inputs and targets (0 = off)
-    cache_batch_size: int = 256        # images per teacher forward while filling the cache
+    cache_batch_size: int = 256        # images (texts) per teacher forward while filling the cache
     color_strength: float = 0.5        # view colour jitter strength (SimCLR's recipe)
+    drop_words: float = 0.2            # text: share of a text's words the student's view drops (0 = the whole text)
     views: dict[str, Any] = field(default_factory=dict)  # ViewConfig overrides, e.g. {crop_scale: [0.2, 1]}
 
 
@@ -142,14 +159,48 @@ def teacher_error(spec: str) -> str | None:
     if not spec:
         return ("distill needs a teacher: --teacher SPEC (or method_cfg.teacher=SPEC), where SPEC is "
                 "pretrained:NAME (see `selfsup list`), timm:NAME or torchvision:ARCH with --teacher-weights FILE, "
-                "a selfsup run folder or an exported selfsup encoder")
+                "a selfsup run folder or an exported selfsup encoder, or for text a Hugging Face BERT folder")
     return None
+
+
+def drop_words(texts: list[str], p: float, generator: torch.Generator) -> list[str]:
+    """Each text with each of its words (whitespace-separated) dropped with probability
+    ``p``, one uniform draw per word from ``generator``; a text keeps at least one word
+    (the one with the largest draw) -- the word dropout of sentence-embedding
+    augmentation (Wu et al., "CLEAR", arXiv 2012.15466: word deletion).
+
+    Example::
+
+        >>> import torch
+        >>> from selfsup.methods.distill import drop_words
+        >>> drop_words(["the cat sat on the mat", "hello"], 0.5, torch.Generator().manual_seed(0))
+        ['cat mat', 'hello']
+    """
+    words = [t.split() for t in texts]
+    if p <= 0:
+        return [" ".join(w) for w in words]
+    u = torch.rand(sum(len(w) for w in words), generator=generator).tolist()  # (total words,)
+    out, at = [], 0
+    for w in words:
+        draws, at = u[at:at + len(w)], at + len(w)
+        kept = [word for word, v in zip(w, draws) if v >= p]
+        if not kept and w:
+            kept = [w[max(range(len(w)), key=draws.__getitem__)]]
+        out.append(" ".join(kept))
+    return out
+
+
+def token_ids(texts: list[str], encoder: TextEncoder, device: torch.device | str | None = None) -> torch.Tensor:
+    """``texts`` as ``encoder`` reads them: its own tokenizer and length, (N, L) long on ``device``."""
+    ids, _ = encoder.tokenizer.encode(texts, encoder.max_length)
+    return torch.from_numpy(ids).to(device=device, dtype=torch.long)
 
 
 @METHODS.register("distill", help="distil a frozen pretrained teacher (--teacher SPEC) into any backbone")
 class Distill(Method):
     Config = DistillConfig
     min_batch_size = 2  # BatchNorm in the student head needs at least two samples
+    modalities = ("image", "text")  # the student reads what the teacher reads
     presets = {
         # the student small_cnn on a CPU; the teacher would be most of each step's time, so it
         # embeds each image once (cache) at 112 px instead of its 224 (about a quarter of the
@@ -164,6 +215,19 @@ class Distill(Method):
         "gpu": {"backbone": "resnet18", "optim.name": "adamw", "optim.base_lr": 2e-3,
                 "optim.weight_decay": 0.05, "optim.warmup_epochs": 10, "train.batch_size": 256,
                 "train.epochs": 200, "method_cfg.teacher": "pretrained:efficientnet_lite0"},
+        # text (taken for cpu when the data is text): a compact BERT (Turc et al. 2019, arXiv
+        # 1908.08962) learns from a sentence encoder given as --teacher; the teacher embeds each
+        # whole text once (cache), the student reads word-dropped views of it -- a third of the
+        # words dropped learnt a little more on `lang` than the default fifth (docs/results.md)
+        "cpu-text": {"backbone": "bert", "backbone_cfg": {"layers": 2, "hidden": 128, "heads": 2},
+                     "optim.name": "adamw", "optim.base_lr": 8e-3, "optim.eps": 1e-6, "optim.weight_decay": 0.01,
+                     "optim.warmup_epochs": 1, "optim.clip_grad": 1.0, "train.batch_size": 64,
+                     "train.epochs": 10, "method_cfg.cache": True, "method_cfg.drop_words": 0.35},
+        # BERT-base shape as the student; the teacher embeds every step's views (consistent teaching)
+        "gpu-text": {"backbone": "bert", "backbone_cfg": {"layers": 12, "hidden": 768, "heads": 12},
+                     "optim.name": "adamw", "optim.base_lr": 1e-4, "optim.eps": 1e-6, "optim.weight_decay": 0.01,
+                     "optim.warmup_epochs": 1, "optim.clip_grad": 1.0, "train.batch_size": 256,
+                     "train.epochs": 40},
     }
 
     def __init__(self, encoder, cfg: DistillConfig, *, image_size: int, channels: int,
@@ -178,15 +242,28 @@ class Distill(Method):
             teacher = self.load_teacher(cfg)
         teacher = teacher.eval().requires_grad_(False)
         self._frozen = (teacher,)  # a tuple: not a submodule (see the module docstring)
+        name = cfg.teacher or type(teacher).__name__
+        self.text = isinstance(encoder, TextEncoder)  # the student reads text, and so must the teacher
+        if self.text and not isinstance(teacher, TextEncoder):
+            raise SelfSupError(f"the teacher {name} embeds images but the data is text; give --teacher a text encoder: "
+                               "a Hugging Face BERT folder (e.g. a sentence-transformers model), a selfsup text run "
+                               "or its export")
+        if isinstance(teacher, TextEncoder) and not self.text:
+            raise SelfSupError(f"the teacher {name} is a text encoder but the data is images; give --teacher "
+                               "pretrained:NAME, a selfsup image run or its export")
+        if self.text and (cfg.mixup or cfg.cache_views > 1 or cfg.teacher_size):
+            raise SelfSupError("distill on text takes no mixup, cache_views or teacher_size (they are image options); "
+                               "its student view is method_cfg.drop_words")
+        if not 0 <= cfg.drop_words < 1:
+            raise SelfSupError(f"method_cfg.drop_words must be in [0, 1), got {cfg.drop_words}")
         net = getattr(teacher, "net", None)
         own = getattr(net, "input_size", None) or getattr(teacher, "kwargs", {}).get("image_size")
-        self.teacher_side = cfg.teacher_size or own  # None: the views as they are
+        self.teacher_side = cfg.teacher_size or own  # None: the views as they are (and text)
         if hasattr(net, "input_size") and self.teacher_side:
             net.input_size = self.teacher_side  # a pretrained net resizes to this itself: no second resize
         want = getattr(teacher, "kwargs", {}).get("in_chans")
         if want is not None and channels is not None and want != channels and not (want == 3 and channels == 1):
-            raise SelfSupError(f"the teacher {cfg.teacher or type(teacher).__name__} takes {want}-channel images, "
-                               f"the data has {channels}")
+            raise SelfSupError(f"the teacher {name} takes {want}-channel images, the data has {channels}")
         self.teacher_chans = want
         t_dim = teacher.num_features
         self.head = student_head(encoder.num_features, cfg.hidden_dim, t_dim)
@@ -194,12 +271,16 @@ class Distill(Method):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next row to write
         self.register_buffer("center", torch.zeros(t_dim))  # running mean of the teacher's embeddings
         self.register_buffer("center_steps", torch.zeros((), dtype=torch.long))  # steps it has seen
-        self.view_cfg = build_views(simclr_views(strength=cfg.color_strength), image_size, cfg.views)
-        self.wants_index = cfg.cache  # the steps look their images up in the cache by sample index
+        self.view_cfg = None if self.text else build_views(simclr_views(strength=cfg.color_strength), image_size,
+                                                           cfg.views)
+        # the steps look their samples up by index: in the cache, and text in its raw strings
+        self.wants_index = cfg.cache or self.text
         # with cache: plain tensors, not buffers (not saved): the teacher's embeddings (V, N, D_t)
-        # of V = cache_views views of each image, and views 1.. as uint8 (V - 1, N, C, S, S)
+        # of V = cache_views views of each image (of each whole text: V = 1), and views 1.. as
+        # uint8 (V - 1, N, C, S, S); text: the training texts (N,), kept by prepare
         self.cache: torch.Tensor | None = None
         self.cache_images: torch.Tensor | None = None
+        self.texts: np.ndarray | None = None
 
     @staticmethod
     def load_teacher(cfg: DistillConfig) -> nn.Module:
@@ -226,7 +307,8 @@ class Distill(Method):
         self.teacher._apply(fn)  # .to(device), .double(), channels-last: the teacher follows the student
         if self.cache is not None:
             self.cache = fn(self.cache)  # and so does the cache
-            self.cache_images = self.cache_images.to(self.cache.device)  # uint8: moved, never cast
+            if self.cache_images is not None:
+                self.cache_images = self.cache_images.to(self.cache.device)  # uint8: moved, never cast
         return self
 
     @torch.no_grad()
@@ -241,6 +323,15 @@ class Distill(Method):
             views = F.interpolate(views, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         t = self.teacher(views)
         return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t  # autocast's output in float32
+
+    @torch.no_grad()
+    def teach_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """The teacher's embeddings (N, D_t) of ``texts``, each read with the teacher's own
+        tokenizer and length: its pooled last hidden states, for a Hugging Face folder the
+        attention-masked mean (sentence-transformers' mean pooling)."""
+        self.teacher.eval()
+        t = self.teacher(token_ids(texts, self.teacher, device))
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
     @torch.no_grad()
     def centered(self, t: torch.Tensor) -> torch.Tensor:
@@ -272,7 +363,13 @@ class Distill(Method):
         """With ``cache``: the teacher's embeddings of ``cache_views`` views of every training
         sample in ``self.cache`` (V, N, D_t), row [v, i] for view v of sample i (view 0 the
         sample itself, the others drawn from ``views`` with a fixed seed, kept as uint8 in
-        ``self.cache_images``); batched, in the samples' stored order."""
+        ``self.cache_images``); batched, in the samples' stored order.  Text: the raw
+        training texts in ``self.texts`` (the steps draw their views from them) and, with
+        ``cache``, the teacher's embedding of each whole text (:meth:`text_cache`)."""
+        if self.text:
+            self.texts = np.asarray(samples.texts, dtype=object)
+            self.cache = self.text_cache(device, progress) if self.cfg.cache else None
+            return
         if not self.cfg.cache:
             return
         from tqdm.auto import tqdm
@@ -291,6 +388,22 @@ class Distill(Method):
         self.cache = torch.cat(rows, dim=1)
         self.cache_images = torch.cat(images, dim=1).to(device)
 
+    @torch.no_grad()
+    def text_cache(self, device: torch.device, progress: bool) -> torch.Tensor:
+        """(1, N, D_t): the teacher's embedding of each whole training text, in batches of
+        texts of about one length (less padding: sorted by characters), rows in the
+        samples' order."""
+        from tqdm.auto import tqdm
+
+        texts, bs = self.texts, self.cfg.cache_batch_size
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        rows = [self.teach_text(list(texts[order[s:s + bs]]), device)
+                for s in tqdm(range(0, len(texts), bs), disable=not progress, desc="teacher cache (text)",
+                              unit="batch", dynamic_ncols=True)]
+        cache = torch.empty(len(texts), rows[0].shape[1], dtype=rows[0].dtype, device=rows[0].device)
+        cache[torch.from_numpy(order).to(cache.device)] = torch.cat(rows)  # back in the samples' order
+        return cache[None]
+
     def mix(self, x: torch.Tensor, generator: torch.Generator, *targets: torch.Tensor):
         """Mixup (Zhang et al. 2018): each row of ``x`` (and of each target) blended with
         another row of the batch, weight lam ~ Beta(a, a) per row; ``x`` unchanged when
@@ -308,8 +421,23 @@ class Distill(Method):
             return w * y + (1 - w) * y[pair]
         return (blend(x), *(blend(t) for t in targets))
 
+    def text_inputs(self, x: torch.Tensor, generator: torch.Generator, index: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's token ids (N, L) of its view of each text (``drop_words`` of the raw
+        text, read with the student's tokenizer) and the teacher's embeddings (N, D_t): of the
+        whole text with ``cache``, else of the very same view."""
+        if self.texts is None or index is None or (self.cfg.cache and self.cache is None):
+            raise SelfSupError("distill on text needs prepare(samples, device) before the first step and index= at "
+                               "each step (the engine does both)")
+        views = drop_words(list(self.texts[index.cpu().numpy()]), self.cfg.drop_words, generator)
+        t = self.cache[0, index.to(self.cache.device)] if self.cfg.cache else self.teach_text(views, x.device)
+        return token_ids(views, self.encoder, x.device), t  # (N, L), (N, D_t)
+
     def training_step(self, x, generator, index: torch.Tensor | None = None):
-        if self.cfg.cache:
+        if self.text:
+            views, t = self.text_inputs(x, generator, index)
+            t = self.centered(t)
+        elif self.cfg.cache:
             if self.cache is None or index is None:
                 raise SelfSupError("distill with method_cfg.cache needs prepare(samples, device) before the first "
                                    "step and index= at each step (the engine does both)")
@@ -329,7 +457,7 @@ class Distill(Method):
                                augment(x, self.view_cfg, generator)])  # (2N, C, S, S)
             (views,) = self.mix(views, generator)
             t = self.centered(self.teach(views))  # (2N, D_t), the same views: consistent teaching
-        s = self.head(self.encoder(views))  # (2N, D_t)
+        s = self.head(self.encoder(views))  # (2N, D_t); text and the cache: (N, D_t)
         loss, logs = 0.0, {}
         if self.cfg.loss in ("cosine", "both"):
             cos = cosine_distill_loss(s, t)

@@ -136,7 +136,7 @@ def saved_head(folder: Path) -> dict[str, torch.Tensor]:
 @METHODS.register("mlm", help="BERT masked language modelling on text (15% of tokens, 80/10/10)")
 class MaskedLM(Method):
     Config = MLMConfig
-    modality = "text"
+    modalities = ("text",)
     presets = {
         # a compact BERT (Turc et al. 2019, "Well-Read Students Learn Better", arXiv
         # 1908.08962), small enough to learn on 2 CPU cores (measurements in docs/results.md)
