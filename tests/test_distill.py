@@ -5,6 +5,7 @@ learns from a small selfsup-trained teacher."""
 from __future__ import annotations
 
 import copy
+import json
 import functools
 import math
 
@@ -528,3 +529,16 @@ def test_text_whose_kind_shows_only_once_read_names_the_text_preset(tmp_path):
     texts = [f"sentence number {i} about the harbour" for i in range(40)]
     with pytest.raises(SelfSupError, match="use --preset cpu-text or gpu-text"):
         selfsup.pretrain("distill", texts, out_dir=str(tmp_path / "r"), log=lambda s: None, progress=False)
+
+
+def test_distill_demo_quick_runs_end_to_end(tmp_path, capsys):
+    """`selfsup demo --distill --quick`: the pretrained EfficientNet-Lite0 distilled for one
+    epoch, then the label-efficiency table (every protocol) and the report."""
+    from selfsup.cli import main
+
+    code = main(["demo", "--distill", "--quick", "--out", str(tmp_path / "demo")])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert result["config"]["method"] == "distill" and result["config"]["method_cfg"]["cache_views"] == 4
+    assert len(result["label_efficiency"]) == 3 and "scratch" in result["label_efficiency"][0]
+    assert "distilling EfficientNet-Lite0" in (tmp_path / "demo" / "report.md").read_text()

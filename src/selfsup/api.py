@@ -612,6 +612,23 @@ def _run_method(encoder: Any) -> Method | None:
     return load_method(saved)
 
 
+def _refuse_held(out: Path, names, overwrite: bool) -> None:
+    """A one-line error when ``out`` already holds any of the files ``names`` (without ``overwrite``)."""
+    held = [n for n in names if (out / n).exists()]
+    if held and not overwrite:
+        raise SelfSupError(f"{out} already holds {', '.join(held)}; choose another --out or add --overwrite")
+
+
+def _encoder_and_split(encoder, data: Any, text, split: str):
+    """The encoder, the source read for it and the split named ``split`` of it."""
+    enc = _as_encoder(encoder)
+    ds = dataset_for(enc, data, text)
+    part = ds.train if split == "train" else ds.test
+    if part is None:
+        raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
+    return enc, ds, part
+
+
 def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
           split: str = "train", progress: bool = True, chunk: int = 4096, amp: bool = True,
           text: TextOptions | None = None, overwrite: bool = False) -> dict[str, Path]:
@@ -624,14 +641,8 @@ def embed(encoder: Encoder | str | Path, data: Any, out_dir: str | Path, *,
     earlier embeddings there are replaced only with ``overwrite``."""
     out = Path(out_dir)
     names = {"embeddings": "embeddings.npy", "labels": "labels.npy", "ids": "ids.npy", "table": "embeddings.csv"}
-    held = [n for n in names.values() if (out / n).exists()]
-    if held and not overwrite:
-        raise SelfSupError(f"{out} already holds {', '.join(held)}; choose another --out or add --overwrite")
-    enc = _as_encoder(encoder)
-    ds = dataset_for(enc, data, text)
-    part = ds.train if split == "train" else ds.test
-    if part is None:
-        raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
+    _refuse_held(out, names.values(), overwrite)
+    enc, ds, part = _encoder_and_split(encoder, data, text, split)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)  # the partial folders and files of embeds killed before they finished
@@ -731,14 +742,9 @@ def select(encoder: Encoder | str | Path, data: Any, budget: int, *, strategy: s
     if projection not in plots.PROJECTIONS:
         raise SelfSupError(unknown("projection", projection, plots.PROJECTIONS))
     out = Path(out_dir) if out_dir is not None else None
-    held = [n for n in selection_files.FILES.values() if out is not None and (out / n).exists()]
-    if held and not overwrite:
-        raise SelfSupError(f"{out} already holds {', '.join(held)}; choose another --out or add --overwrite")
-    enc = _as_encoder(encoder)
-    ds = dataset_for(enc, data, text)
-    part = ds.train if split == "train" else ds.test
-    if part is None:
-        raise SelfSupError(f"{ds.name} has no {split!r} split; use --split train")
+    if out is not None:
+        _refuse_held(out, selection_files.FILES.values(), overwrite)
+    enc, ds, part = _encoder_and_split(encoder, data, text, split)
     n = len(part)
     ids = np.asarray(part.ids[np.arange(n)]).astype(str)
     mask = labelled_rows(labelled, ids)

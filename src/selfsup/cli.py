@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "encoder trained from scratch (--text: and TF-IDF + logistic regression); "
                                    "writes a Markdown report and a 2-D map.")
     p.add_argument("--text", action="store_true", help="the text demo: MLM on lang")
+    p.add_argument("--distill", action="store_true",
+                   help="the distillation demo: the pretrained EfficientNet-Lite0 distilled into a small CNN on shapes")
     p.add_argument("--out", help="output folder (default runs/demo, runs/demo-text with --text)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default from the demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline in about a minute")
@@ -412,8 +414,8 @@ def cmd_report(a) -> None:
 def cmd_demo(a) -> None:
     from selfsup.demo import run_demo
 
-    run_demo(a.out or ("runs/demo-text" if a.text else "runs/demo"), epochs=a.epochs, quick=a.quick, text=a.text,
-             overwrite=a.overwrite)
+    out = a.out or ("runs/demo-text" if a.text else "runs/demo-distill" if a.distill else "runs/demo")
+    run_demo(out, epochs=a.epochs, quick=a.quick, text=a.text, distill=a.distill, overwrite=a.overwrite)
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "embed": cmd_embed, "export": cmd_export,
