@@ -612,11 +612,13 @@ def _run_method(encoder: Any) -> Method | None:
     return load_method(saved)
 
 
-def _refuse_held(out: Path, names, overwrite: bool) -> None:
-    """A one-line error when ``out`` already holds any of the files ``names`` (without ``overwrite``)."""
-    held = [n for n in names if (out / n).exists()]
+def _refuse_held(out: Path | None, names, overwrite: bool) -> list[str]:
+    """The files ``names`` that ``out`` already holds; a one-line error when there are any
+    and not ``overwrite``."""
+    held = [n for n in names if out is not None and (out / n).exists()]
     if held and not overwrite:
         raise SelfSupError(f"{out} already holds {', '.join(held)}; choose another --out or add --overwrite")
+    return held
 
 
 def _encoder_and_split(encoder, data: Any, text, split: str):
@@ -742,8 +744,7 @@ def select(encoder: Encoder | str | Path, data: Any, budget: int, *, strategy: s
     if projection not in plots.PROJECTIONS:
         raise SelfSupError(unknown("projection", projection, plots.PROJECTIONS))
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        _refuse_held(out, selection_files.FILES.values(), overwrite)
+    held = _refuse_held(out, selection_files.FILES.values(), overwrite)
     enc, ds, part = _encoder_and_split(encoder, data, text, split)
     n = len(part)
     ids = np.asarray(part.ids[np.arange(n)]).astype(str)
