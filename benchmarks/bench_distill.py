@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 import selfsup
+from bench_methods import mean_std, parse_source  # benchmarks/ is on the path of a script run from it
 from selfsup.api import versions
 from selfsup.data import create_dataset, to_input
 from selfsup.data.splits import stratified_subset
@@ -52,16 +52,6 @@ TEACHER = "pretrained:efficientnet_lite0"
 STUDENTS = {"small_cnn": {}, "resnet18": {"backbone": "resnet18", "train.epochs": 4}}
 FRACTIONS = (0.01, 0.1)
 ROLE = {"glyphs": "held out", "photo_digits": "checked on", "shapes": "tuned on"}
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def parse_source(spec: str) -> tuple[str, int | None, int | None]:
-    name, _, num = spec.partition(":")
-    name, _, size = name.partition("@")
-    return name, int(size) if size else None, int(num) if num else None
 
 
 def best_from_scratch(source: str, table: Path) -> str:

@@ -28,6 +28,17 @@ BACKBONE_OPTIONS = {"small_cnn": {"width": 4}, "vit_mae_tiny": {"patch_size": 4,
                     "bert": {"max_length": 16, "layers": 1, "hidden": 32, "heads": 2}}
 
 
+def assert_ranks_match_one(out: str, loss: torch.Tensor, want: dict) -> None:
+    """The WORLD ranks' saved losses average to the single process's ``loss`` and every
+    rank's gradients equal its ``want`` (the files ``out.format(rank=r)``)."""
+    got = [torch.load(out.format(rank=r), weights_only=True) for r in range(WORLD)]
+    assert torch.stack([g["loss"] for g in got]).mean().item() == pytest.approx(loss.item(), abs=1e-6)
+    for g in got:
+        assert g["grads"].keys() == want.keys()
+        for name, grad in want.items():
+            assert (g["grads"][name] - grad).abs().max() < 1e-6, name
+
+
 def small_teacher() -> dict:
     """distill's teacher: a small_cnn export written here (the same weights in every
     process: a fixed seed) and read back as ``--teacher`` reads it."""
@@ -168,12 +179,7 @@ def test_two_processes_match_one_on_the_joint_batch(method, tmp_path, monkeypatc
 
     out = str(tmp_path / "rank{rank}.pt")
     mp.spawn(worker, args=(method, str(tmp_path / "init"), out), nprocs=WORLD, join=True)
-    got = [torch.load(out.format(rank=r), weights_only=True) for r in range(WORLD)]
-    assert torch.stack([g["loss"] for g in got]).mean().item() == pytest.approx(loss.item(), abs=1e-6)
-    for g in got:
-        assert g["grads"].keys() == want.keys()
-        for name, grad in want.items():
-            assert (g["grads"][name] - grad).abs().max() < 1e-6, name
+    assert_ranks_match_one(out, loss, want)
 
 
 def test_torchrun_moco_killed_and_resumed_equals_uninterrupted(tmp_path, capsys):
@@ -307,12 +313,7 @@ def test_text_distill_two_processes_match_one_on_the_joint_batch(tmp_path, monke
 
     out = str(tmp_path / "rank{rank}.pt")
     mp.spawn(text_distill_worker, args=(str(tmp_path), str(tmp_path / "init"), out), nprocs=WORLD, join=True)
-    got = [torch.load(out.format(rank=r), weights_only=True) for r in range(WORLD)]
-    assert torch.stack([g["loss"] for g in got]).mean().item() == pytest.approx(loss.item(), abs=1e-6)
-    for g in got:
-        assert g["grads"].keys() == want.keys()
-        for name, grad in want.items():
-            assert (g["grads"][name] - grad).abs().max() < 1e-6, name
+    assert_ranks_match_one(out, loss, want)
 
 
 def train_worker(rank: int, method: str, init_file: str, out: str, run_dir: str) -> None:
