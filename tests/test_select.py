@@ -315,3 +315,72 @@ def test_select_samples_rejects_bad_budgets_and_labelled_rows():
         select_samples("random", x, 2, labelled=[10])
     with pytest.raises(selfsup.errors.SelfSupError, match="NaN"):
         select_samples("kcenter", np.full((4, 2), np.nan), 1)
+
+
+# ----------------------------------------------------------------------------- the label-efficiency study
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    from selfsup.data import create_dataset
+
+    return create_dataset("digits")
+
+
+def test_the_study_compares_label_blind_selections_and_recommends_by_cross_validation(digits_data):
+    from selfsup.eval.label_efficiency import StudyConfig, format_table, run_study
+    from selfsup.eval.features import extract_features
+
+    torch.manual_seed(0)
+    enc = create_backbone("small_cnn", in_chans=digits_data.spec.channels, image_size=8, width=8).eval()
+    cfg = StudyConfig(budgets=(20,), selection=("stratified", "random", "typiclust"), seeds=2,
+                      protocols=("knn", "linear", "propagation"), cv_folds=3)
+    result = run_study(enc, digits_data, cfg, log=lambda s: None)
+    rows = result["rows"]
+    assert [(r["selection"], r["seed"]) for r in rows] == [(s, i) for s in cfg.selection for i in range(2)]
+    feats = extract_features(enc, digits_data.train)
+    for r in rows:
+        assert set(r["cv"]) == set(cfg.protocols) and r["recommended"] == r[r["recommended_protocol"]]
+        if r["selection"] == "stratified":
+            assert "indices" not in r and r["classes_seen"] == 10
+        else:  # exactly the strategy's picks from the features alone, i.e. blind to the labels
+            assert r["labels"] == 20 and r["indices"] == sorted(select_samples(
+                r["selection"], feats, 20, seed=r["seed"]).indices.tolist())
+    random_draws = [r["indices"] for r in rows if r["selection"] == "random"]
+    assert random_draws[0] != random_draws[1]  # the seed is the draw
+    assert [(s["selection"], s["n_seeds"]) for s in result["summary"]] == [(s, 2) for s in cfg.selection]
+    table = format_table(result["summary"], result["protocols"])
+    assert "| typiclust |" in table and "recommended (CV)" in table
+
+
+def test_the_recommendation_is_scratch_when_the_pretrained_features_are_useless(digits_data):
+    """An encoder whose weights are all zero gives every image the same features: the probe is
+    at chance, the same backbone trained from scratch is not, and cross-validation on the
+    chosen labels alone -- the test split unseen -- must say so."""
+    from selfsup.eval.finetune import ClassifierConfig
+    from selfsup.eval.label_efficiency import StudyConfig, run_study
+
+    enc = create_backbone("small_cnn", in_chans=digits_data.spec.channels, image_size=8, width=8).eval()
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.zero_()
+    cfg = StudyConfig(per_class=(10,), seeds=1, protocols=("linear", "scratch"), cv_folds=3,
+                      classifier=ClassifierConfig(steps=150))
+    row = run_study(enc, digits_data, cfg, log=lambda s: None)["rows"][0]
+    assert row["linear"] < 0.2 and row["scratch"] > 0.4, row
+    assert row["recommended_protocol"] == "scratch" and row["cv"]["scratch"] > row["cv"]["linear"] + 0.2, row
+
+
+def test_label_efficiency_cli_takes_budgets_and_selections(capsys, tmp_path, image_pool):
+    enc, root = image_pool
+    code, out, err = run_cli(capsys, "label-efficiency", enc, "--data", f"folder:{root}", "--budgets", "6",
+                             "--selection", "random", "kcenter", "--seeds", "2", "--protocols", "knn",
+                             "propagation", "--out", tmp_path / "le")
+    assert code == 0, err
+    result = json.loads((tmp_path / "le" / "label_efficiency.json").read_text())
+    assert [s["selection"] for s in result["summary"]] == ["random", "kcenter"]
+    assert all(r["labels"] == 6 and len(r["indices"]) == 6 for r in result["rows"])
+    assert "| kcenter |" in out and (tmp_path / "le" / "label_efficiency.png").is_file()
+    code, out, err = run_cli(capsys, "label-efficiency", enc, "--data", f"folder:{root}", "--budgets", "6",
+                             "--selection", "typiclsut", "--out", tmp_path / "le2")
+    assert_one_line_error(code, err, "typiclsut", "typiclust")

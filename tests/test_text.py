@@ -285,7 +285,7 @@ def test_text_runs_go_through_evaluate_label_efficiency_inspect_and_embed(tmp_pa
     study = selfsup.label_efficiency(run.run_dir, small, StudyConfig(fractions=(0.1,), seeds=1,
                                                                      classifier=ClassifierConfig(steps=5)),
                                      log=lambda s: None)
-    assert set(study["protocols"]) == {"knn", "linear", "finetune", "scratch", "tfidf"}
+    assert set(study["protocols"]) == {"knn", "linear", "propagation", "finetune", "scratch", "tfidf"}
     assert 0 <= study["summary"][0]["tfidf"] <= 1
     row = study["rows"][0]  # LP-FT on text too: 3 held-out sentences cannot tell, the probe is kept
     assert row["finetune_kept_probe"] and row["finetune"] >= row["linear"] - 0.011, row

@@ -167,7 +167,15 @@ def _add_label_efficiency(sub) -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="label budgets as fractions of the training split (default 0.01 0.1 1)")
     p.add_argument("--per-class", type=int, nargs="+", help="label budgets as labels per class instead")
+    p.add_argument("--budgets", type=int, nargs="+", help="label budgets as total labels instead (e.g. 10 20 50 100)")
+    p.add_argument("--selection", nargs="+", default=["stratified"], metavar="STRATEGY",
+                   help="how each budget's labels are chosen: stratified (a share of every class, needs the "
+                        f"labels first) and/or a label-blind strategy: {', '.join(SELECTIONS.names())} "
+                        "(default stratified)")
     p.add_argument("--seeds", type=int, default=3, help="subsets and trainings per budget (default 3)")
+    p.add_argument("--cv-folds", type=int, default=3,
+                   help="folds of the cross-validation on the chosen labels that recommends a classifier "
+                        "(default 3; 0 = no recommendation)")
     p.add_argument("--protocols", nargs="+", metavar="PROTOCOL",
                    help=f"any of {' '.join(PROTOCOLS)} (default: all that apply; tfidf for text)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps for fine-tune and scratch (default 500)")
@@ -315,7 +323,8 @@ def cmd_label_efficiency(a) -> None:
 
     enc = load_encoder(a.run, device="cpu", weights=a.weights)
     cfg = le.StudyConfig(fractions=tuple(a.fractions), per_class=tuple(a.per_class) if a.per_class else None,
-                         seeds=a.seeds, protocols=tuple(a.protocols) if a.protocols else None, classifier=ClassifierConfig(steps=a.steps, amp=not a.no_amp))
+                         budgets=tuple(a.budgets) if a.budgets else None, selection=tuple(a.selection),
+                         cv_folds=a.cv_folds, seeds=a.seeds, protocols=tuple(a.protocols) if a.protocols else None, classifier=ClassifierConfig(steps=a.steps, amp=not a.no_amp))
     result = label_efficiency(enc, a.data, cfg, text=_text_options(a))
     out = a.out or (a.run if Path(a.run).is_dir() else Path(a.run).parent)
     paths = le.save(result, out)

@@ -90,10 +90,11 @@ def _conjugate_gradient(matvec, b: torch.Tensor, tol: float, max_iter: int) -> t
 @torch.no_grad()
 def propagate_labels(feats: torch.Tensor, labels: torch.Tensor, *, k: int = 20, alpha: float = 0.99,
                      gamma: float = 3.0, num_classes: int | None = None, tol: float = 1e-6,
-                     max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_iter: int = 200, graph: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zhou et al.'s propagation of ``labels`` (N,) (-1 = unlabelled) over the kNN graph of
     ``feats`` (N, D); returns ``(predictions (N,), scores F* (N, C))``.  Labelled points keep
-    their propagated prediction, which is their own label unless the graph outvotes it."""
+    their propagated prediction, which is their own label unless the graph outvotes it.
+    ``graph``: :func:`knn_graph` of ``feats`` computed before (several label sets, one graph)."""
     if not 0 < alpha < 1:
         raise SelfSupError(f"alpha must be in (0, 1) (the weight of the graph against the labels), got {alpha}")
     if not (isinstance(k, int) and k >= 1):
@@ -107,7 +108,9 @@ def propagate_labels(feats: torch.Tensor, labels: torch.Tensor, *, k: int = 20, 
     c = int(num_classes or int(labels.max()) + 1)
     y = torch.zeros(len(labels), c, dtype=torch.float64)
     y[known, labels[known]] = 1.0
-    w = knn_graph(feats, k, gamma)
+    w = knn_graph(feats, k, gamma) if graph is None else graph
+    if w.shape != (len(labels), len(labels)):
+        raise SelfSupError(f"the graph is {tuple(w.shape)}; {len(labels)} points need ({len(labels)}, {len(labels)})")
     deg = torch.zeros(len(labels), dtype=torch.float64)
     deg.index_add_(0, w.indices()[0], w.values().double())
     inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
@@ -123,18 +126,21 @@ def propagate_labels(feats: torch.Tensor, labels: torch.Tensor, *, k: int = 20, 
 
 def propagation_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                          test_labels: torch.Tensor, *, k: int = 20, alpha: float = 0.99, gamma: float = 3.0,
-                         transductive: bool = True, num_classes: int | None = None) -> float:
+                         transductive: bool = True, num_classes: int | None = None,
+                         graph: torch.Tensor | None = None) -> float:
     """Test accuracy of label propagation from ``train_labels`` (-1 = unlabelled): the test
     points propagated over the graph of train + test (``transductive``, the default), or
     classified by weighted kNN (k=20, T=0.07) over the labels propagated within the
-    training pool."""
+    training pool.  ``graph``: that graph (train + test, or train alone), computed before."""
     train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
     c = int(num_classes or max(int(train_labels.max()), int(test_labels.max())) + 1)
     if transductive:
         feats = torch.cat([train_feats.float(), test_feats.float()])
         labels = torch.cat([train_labels, torch.full((len(test_feats),), -1, dtype=torch.long)])
-        pred = propagate_labels(feats, labels, k=k, alpha=alpha, gamma=gamma, num_classes=c)[0][len(train_feats):]
+        pred = propagate_labels(feats, labels, k=k, alpha=alpha, gamma=gamma, num_classes=c,
+                                graph=graph)[0][len(train_feats):]
     else:
-        pooled = propagate_labels(train_feats, train_labels, k=k, alpha=alpha, gamma=gamma, num_classes=c)[0]
+        pooled = propagate_labels(train_feats, train_labels, k=k, alpha=alpha, gamma=gamma, num_classes=c,
+                                  graph=graph)[0]
         pred = knn_predict(train_feats, pooled, test_feats, num_classes=c)
     return (pred == test_labels).float().mean().item()

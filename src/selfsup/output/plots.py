@@ -309,16 +309,21 @@ def retrieval_list(queries, neighbours, path: str | Path) -> Path:
 
 
 def label_efficiency_curves(summary: list[dict], protocols, path: str | Path) -> Path:
-    """Test accuracy against the number of labels (log), one line per protocol."""
+    """Test accuracy against the number of labels (log): a colour per protocol, and a line
+    style per way of choosing the labels when the study compared several."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    n = [s["labels"] for s in summary]
-    for p in protocols:
-        ax.errorbar(n, [s[p] for s in summary], yerr=[s[p + "_std"] for s in summary], marker="o",
-                    capsize=3, label=p)
+    selections = list(dict.fromkeys(s.get("selection", "stratified") for s in summary))
+    styles = ["-", "--", ":", "-."]
+    for i, p in enumerate(protocols):
+        for j, sel in enumerate(selections):
+            rows = [s for s in summary if s.get("selection", "stratified") == sel]
+            ax.errorbar([s["labels"] for s in rows], [s[p] for s in rows], yerr=[s[p + "_std"] for s in rows],
+                        marker="o", capsize=3, color=f"C{i}", linestyle=styles[j % len(styles)],
+                        label=p if len(selections) == 1 else f"{p}, {sel}")
     ax.set_xscale("log")
     ax.set_xlabel("number of labels (log)")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small" if len(selections) > 1 else None)
     fig.tight_layout()
     return _save(fig, path)
