@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 import selfsup
-from bench_methods import mean_std, parse_source  # benchmarks/ is on the path of a script run from it
-from selfsup.api import versions
+from bench_methods import mean_std, parse_source, print_header  # benchmarks/ is on the path of a script run from it
 from selfsup.data import create_dataset, to_input
 from selfsup.data.splits import stratified_subset
 from selfsup.eval.features import extract_features
@@ -47,7 +46,6 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.label_efficiency import fresh_copy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.models.pretrained import load_pretrained
-from selfsup.models.runtime import choose_precision
 
 SOURCES = ["glyphs", "photo_digits@16", "shapes@32:2000"]
 TEACHER = "pretrained:efficientnet_lite0"
@@ -210,10 +208,7 @@ def main() -> None:
                     help="only measure the teacher's share of a step's time (writes distill_share.json)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    env = versions()
-    print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'} | "
-          f"{a.threads} torch thread(s); torch {env['torch']}, selfsup {env['selfsup']}; "
-          f"precision {choose_precision('cpu', True)}; n={a.seeds} seed(s)", flush=True)
+    env = print_header(a.threads, a.seeds)
     if a.teacher_share:
         res = {"env": env, "threads": a.threads, **teacher_share(a)}
         (Path(a.out) / "distill_share.json").write_text(json.dumps(res, indent=2))

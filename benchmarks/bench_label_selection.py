@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 import selfsup
-from selfsup.api import dataset_for, versions
+from bench_methods import print_header  # benchmarks/ is on the path of a script run from it
+from selfsup.api import dataset_for
 from selfsup.data import create_dataset
 from selfsup.eval.label_efficiency import StudyConfig, run_study
-from selfsup.models.runtime import choose_precision
 
 SOURCES = ["glyphs", "photo_digits", "debian"]
 SELECTION = ["stratified", "random", "typiclust", "probcover", "kcenter"]
@@ -145,10 +145,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    env = versions()
-    print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'} | "
-          f"{a.threads} torch thread(s); torch {env['torch']}, selfsup {env['selfsup']}; "
-          f"precision {choose_precision('cpu', True)}; n={a.seeds} seed(s)", flush=True)
+    env = print_header(a.threads, a.seeds)
     Path(a.work).mkdir(parents=True, exist_ok=True)
     results = []
     for source in a.sources:

@@ -44,6 +44,16 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def print_header(threads: int, seeds: int) -> dict:
+    """Print the hardware, versions, thread count, precision and n seeds a benchmark ran
+    with; returns ``selfsup.api.versions()`` for its result file."""
+    env = versions()
+    print(f"hardware: {env['platform']} | {env['processor']} | GPU: {env['cuda'] or 'none'} | "
+          f"{threads} torch thread(s); torch {env['torch']}, selfsup {env['selfsup']}; "
+          f"precision {choose_precision('cpu', True)}; n={seeds} seed(s)", flush=True)
+    return env
+
+
 def parse_source(spec: str) -> tuple[str, int | None, int | None]:
     name, _, num = spec.partition(":")
     name, _, size = name.partition("@")

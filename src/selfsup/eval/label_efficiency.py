@@ -164,7 +164,6 @@ class _Study:
         or with ``held`` on those training rows (a cross-validation fold)."""
         ftr, ytr, c, cfg = self.ftr, self.ytr, self.c, self.cfg
         fe, ye = (self.fte, self.yte) if held is None else (ftr[held], ytr[held])
-        samples = self.test if held is None else self.train.subset(held)
         if protocol == "knn":
             return knn_accuracy(ftr[labelled], ytr[labelled], fe, ye, num_classes=c)
         if protocol == "linear":
@@ -187,7 +186,7 @@ class _Study:
             self.kept_probe = model.kept_probe
         else:
             model = train_classifier(fresh_copy(self.encoder, seed), self.train.subset(labelled), c, clf)
-        return classifier_accuracy(model, samples, amp=cfg.classifier.amp)
+        return classifier_accuracy(model, self.test if held is None else self.train.subset(held), amp=cfg.classifier.amp)
 
     def recommend(self, protocols, labelled: np.ndarray, seed: int) -> tuple[str, dict[str, float]]:
         """The protocol with the best mean accuracy over ``cv_folds`` shuffled folds of the
