@@ -16,6 +16,8 @@ apt lists, labelled by their section (the 12 largest, 400 train / 100 test each)
 into WORK/debian/{train,test}.csv on first use.
 
     python benchmarks/bench_label_selection.py                 # about 30 minutes on 2 cores
+    python benchmarks/bench_label_selection.py --encoder pretrained:efficientnet_lite0 \
+        --sources glyphs photo_digits                          # the same with ImageNet features
 
 Resumable: every finished source is kept in WORK/SOURCE.json.  Prints hardware, versions,
 threads and n seeds; writes benchmarks/results/label_selection.json and .md.
@@ -79,9 +81,11 @@ def debian_corpus(folder: Path, sections: int = 12, train: int = 400, test: int 
 def study(source: str, a: argparse.Namespace) -> dict:
     work = Path(a.work)
     data = debian_corpus(work / "debian") if source == "debian" else source
-    method = "mlm" if create_dataset(data).spec.modality == "text" else "simclr"
+    method = a.encoder or ("mlm" if create_dataset(data).spec.modality == "text" else "simclr")
     run_dir = work / f"{method}-{source}"
-    if (work / f"{source}.pretrain.json").exists():
+    if a.encoder:  # a pretrained model as it is: nothing to train
+        enc, seconds = selfsup.load_encoder(a.encoder, device="cpu"), 0.0
+    elif (work / f"{source}.pretrain.json").exists():
         enc = selfsup.load_encoder(run_dir, device="cpu")
         seconds = json.loads((work / f"{source}.pretrain.json").read_text())["seconds"]
     else:
@@ -141,6 +145,8 @@ def main() -> None:
     ap.add_argument("--selection", nargs="+", default=SELECTION)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder", help="a pretrained model to use as it is (e.g. pretrained:efficientnet_lite0) "
+                    "instead of each source's default run; results go to label_selection-ENCODER.json/.md")
     ap.add_argument("--work", default="runs/bench_label_selection")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()
@@ -148,15 +154,17 @@ def main() -> None:
     env = print_header(a.threads, a.seeds)
     Path(a.work).mkdir(parents=True, exist_ok=True)
     results = []
+    tag = "-" + a.encoder.replace(":", "_") if a.encoder else ""
     for source in a.sources:
-        done = Path(a.work) / f"{source}.json"
+        done = Path(a.work) / f"{source}{tag}.json"
         if not done.exists():
             done.write_text(json.dumps(study(source, a)))
         results.append(json.loads(done.read_text()))
     lines = markdown(results, a.per_class)
     out = Path(a.out)
-    (out / "label_selection.json").write_text(json.dumps({"env": env, "args": vars(a), "results": results}, indent=2))
-    (out / "label_selection.md").write_text("\n".join(lines) + "\n")
+    (out / f"label_selection{tag}.json").write_text(json.dumps({"env": env, "args": vars(a), "results": results},
+                                                               indent=2))
+    (out / f"label_selection{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
