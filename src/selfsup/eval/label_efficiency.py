@@ -142,7 +142,6 @@ class _Study:
         self.ytr = torch.from_numpy(np.asarray(ds.train.labels)).long()
         self.yte = torch.from_numpy(np.asarray(ds.test.labels)).long()
         self._graphs: dict[str, torch.Tensor] = {}
-        self.kept_probe = False
 
     def graph(self, which: str) -> torch.Tensor:
         """The kNN graph of the training pool (``pool``) or of train + test (``all``), built once."""
@@ -159,9 +158,11 @@ class _Study:
             return np.arange(len(self.ftr))
         return np.sort(select_samples(selection, self.ftr, total, seed=seed).indices)
 
-    def accuracy(self, protocol: str, labelled: np.ndarray, seed: int, held: np.ndarray | None = None) -> float:
+    def accuracy(self, protocol: str, labelled: np.ndarray, seed: int, held: np.ndarray | None = None,
+                 row: dict | None = None) -> float:
         """Accuracy of ``protocol`` fitted on the training rows ``labelled``: on the test split,
-        or with ``held`` on those training rows (a cross-validation fold)."""
+        or with ``held`` on those training rows (a cross-validation fold).  Fine-tuning records
+        in ``row`` whether it kept the probe."""
         ftr, ytr, c, cfg = self.ftr, self.ytr, self.c, self.cfg
         fe, ye = (self.fte, self.yte) if held is None else (ftr[held], ytr[held])
         if protocol == "knn":
@@ -183,7 +184,8 @@ class _Study:
             clf = replace(clf, backbone_lr_scale=cfg.finetune_backbone_lr_scale, keep_probe=True,
                           linear_init=cfg.finetune_linear_init)
             model = train_classifier(copy.deepcopy(self.encoder), self.train.subset(labelled), c, clf)
-            self.kept_probe = model.kept_probe
+            if row is not None:
+                row["finetune_kept_probe"] = model.kept_probe
         else:
             model = train_classifier(fresh_copy(self.encoder, seed), self.train.subset(labelled), c, clf)
         return classifier_accuracy(model, self.test if held is None else self.train.subset(held), amp=cfg.classifier.amp)
@@ -218,9 +220,7 @@ def run_study(encoder: Encoder, ds: Dataset, cfg: StudyConfig = StudyConfig(), *
                 if selection != STRATIFIED:  # the chosen training rows, to label them again
                     row["indices"] = idx.tolist()
                 for p in protocols:
-                    row[p] = study.accuracy(p, idx, seed)
-                    if p == "finetune":
-                        row["finetune_kept_probe"] = study.kept_probe
+                    row[p] = study.accuracy(p, idx, seed, row=row)
                 if recommend and len(idx) >= 2:
                     row["recommended_protocol"], row["cv"] = study.recommend(protocols, idx, seed)
                     row["recommended"] = row[row["recommended_protocol"]]
